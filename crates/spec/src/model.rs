@@ -1,0 +1,489 @@
+//! The configuration model: what `flotilla.yaml` may contain.
+//!
+//! Every struct denies unknown fields, so a typo is an error with its position rather than a
+//! silently ignored setting. Defaults are the ones documented in the README's reference.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::units::{ByteSize, Dur};
+
+/// A whole flotilla configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version; only `1` exists.
+    #[serde(default = "one")]
+    pub version: u32,
+    /// The HTTP server.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where durable state lives.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Engine-wide limits.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Log output.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// LLM providers and prices.
+    #[serde(default)]
+    pub llm: LlmConfig,
+    /// Agents by name.
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentConfig>,
+    /// Workflows by name.
+    #[serde(default)]
+    pub workflows: BTreeMap<String, Workflow>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `server:` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to bind; port 0 picks a free port (the bound address is logged).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// How long SIGTERM waits for in-flight requests and runs before exiting.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
+    /// Largest accepted request body; larger ones get 413.
+    #[serde(default = "default_body_limit")]
+    pub body_limit: ByteSize,
+    /// Longest a request may take, `?wait=` included, before 504.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_grace() -> Dur {
+    Dur::secs(30)
+}
+fn default_body_limit() -> ByteSize {
+    ByteSize(10 << 20)
+}
+fn default_request_timeout() -> Dur {
+    Dur::secs(330)
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            shutdown_grace: default_grace(),
+            body_limit: default_body_limit(),
+            request_timeout: default_request_timeout(),
+        }
+    }
+}
+
+/// `storage:` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sqlite://PATH` (relative to the working directory) or `sqlite::memory:`.
+    #[serde(default = "default_storage_url")]
+    pub url: String,
+    /// Read connections kept open.
+    #[serde(default = "default_pool")]
+    pub pool_size: u32,
+    /// `durable` (default): every commit is fsync'd before it is acknowledged.
+    /// `relaxed`: commits survive a process crash but not a power loss.
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+/// How hard a commit is pushed to disk.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// fsync on every commit (power-loss safe).
+    #[default]
+    Durable,
+    /// No fsync per commit; a crash of the process loses nothing, a power loss may.
+    Relaxed,
+}
+
+fn default_storage_url() -> String {
+    "sqlite://flotilla.db".into()
+}
+fn default_pool() -> u32 {
+    10
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { url: default_storage_url(), pool_size: default_pool(), durability: Durability::Durable }
+    }
+}
+
+/// `engine:` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Agent calls in flight at once across all agents.
+    #[serde(default = "default_global_concurrency")]
+    pub max_concurrency: u32,
+    /// Per-attempt timeout of steps and agents that set none.
+    #[serde(default = "default_step_timeout")]
+    pub default_timeout: Dur,
+    /// How often http agents' health endpoints are probed.
+    #[serde(default = "default_health_interval")]
+    pub health_interval: Dur,
+}
+
+fn default_global_concurrency() -> u32 {
+    512
+}
+fn default_step_timeout() -> Dur {
+    Dur::secs(60)
+}
+fn default_health_interval() -> Dur {
+    Dur::secs(10)
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrency: default_global_concurrency(),
+            default_timeout: default_step_timeout(),
+            health_interval: default_health_interval(),
+        }
+    }
+}
+
+/// `logging:` settings (`LOG_FORMAT` and `LOG_LEVEL` override them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `json` (default) or `pretty`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// A tracing filter: `info`, `debug`, `flotilla_engine=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_format() -> String {
+    "json".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { format: default_log_format(), level: default_log_level() }
+    }
+}
+
+/// `llm:` settings.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// OpenAI-compatible providers by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, LlmProvider>,
+    /// Prices per 1,000 tokens by model name.
+    #[serde(default)]
+    pub pricing: BTreeMap<String, ModelPrice>,
+}
+
+/// One OpenAI-compatible endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmProvider {
+    /// Base URL; `/chat/completions` is appended.
+    pub base_url: String,
+    /// Bearer token; usually `${OPENAI_API_KEY}`. Redacted everywhere.
+    #[serde(default)]
+    pub api_key: Option<String>,
+}
+
+/// Price of a model per 1,000 tokens, in USD.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// USD per 1,000 prompt tokens.
+    pub prompt_per_1k: f64,
+    /// USD per 1,000 completion tokens.
+    pub completion_per_1k: f64,
+}
+
+/// What runs an agent.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentKind {
+    /// Built into flotilla (echo, template, sleep, fail).
+    Builtin,
+    /// A remote HTTP service.
+    Http,
+    /// A subprocess speaking JSON on stdin/stdout.
+    Command,
+    /// An OpenAI-compatible chat-completions model.
+    Llm,
+}
+
+/// The builtin behaviours.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BuiltinKind {
+    /// Returns its input.
+    Echo,
+    /// Renders `template` with the request (`input`, `action`, …) in scope.
+    Template,
+    /// Waits `delay` (or `input.ms` milliseconds), then returns its input.
+    Sleep,
+    /// Fails with probability `failure_rate` (default 1), else returns its input.
+    Fail,
+}
+
+/// One agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// builtin | http | command | llm.
+    pub kind: AgentKind,
+    /// What it is for, shown in `/api/v1/agents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Capabilities steps may ask for with `capability:`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Per-attempt timeout for steps using this agent that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Calls in flight to this agent at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Fail fast after repeated failures.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// builtin: which behaviour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<BuiltinKind>,
+    /// builtin template: a minijinja template; its rendering is the output (JSON if it parses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// builtin sleep: how long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Dur>,
+    /// builtin fail: probability of failing, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<f64>,
+    /// http: endpoints, called least-connections first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// http: path of the health probe on each endpoint's origin (default `/health`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
+    /// http: extra request headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// command: program and arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// command: extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// command: working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// llm: provider name from `llm.providers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// llm: model name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// llm: system prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// llm: sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// llm: completion token limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// llm: JSON Schema the answer must follow (structured output); the output is then JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_schema: Option<Value>,
+}
+
+/// Circuit breaker thresholds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failures that open the circuit.
+    #[serde(default = "default_failures")]
+    pub failure_threshold: u32,
+    /// How long it stays open before letting a probe through (half-open).
+    #[serde(default = "default_reset")]
+    pub reset_timeout: Dur,
+    /// Successes in half-open that close it again.
+    #[serde(default = "default_half_open")]
+    pub half_open_successes: u32,
+}
+
+fn default_failures() -> u32 {
+    5
+}
+fn default_reset() -> Dur {
+    Dur::secs(60)
+}
+fn default_half_open() -> u32 {
+    3
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: default_failures(),
+            reset_timeout: default_reset(),
+            half_open_successes: default_half_open(),
+        }
+    }
+}
+
+/// Ready-queue order.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Served last.
+    Low,
+    /// The default.
+    #[default]
+    Medium,
+    /// Served first.
+    High,
+}
+
+impl Priority {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Medium => "medium",
+            Priority::High => "high",
+        }
+    }
+}
+
+/// A workflow: a DAG of steps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    /// What it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema the run input must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    /// SLA: a run still unfinished after this ends as `timed_out`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Default priority of its runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// The steps; order does not matter, `needs` does.
+    pub steps: Vec<Step>,
+    /// The run's output, templated (default: the outputs of the steps nothing depends on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+}
+
+/// One step of a workflow.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Unique within the workflow: letters, digits, `_` and `-`.
+    pub id: String,
+    /// The agent to call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Or: any healthy agent offering this capability (least loaded first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// The action name sent to the agent (default: the step id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The agent's input; strings are templates (default: the run's input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// For llm agents: the user prompt template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Free-text instructions passed to the agent (templated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// Steps that must succeed first (alias `dependencies`).
+    #[serde(default, alias = "dependencies", skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// Expression; the step is skipped when it is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// Per-attempt timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Retries with exponential backoff and full jitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Overrides the run's priority for this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// Undo action run if the workflow fails after this step succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<Compensation>,
+}
+
+/// How a failed attempt is retried.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Backoff ceiling of the first retry.
+    #[serde(default = "default_initial")]
+    pub initial: Dur,
+    /// Largest backoff.
+    #[serde(default = "default_max_backoff")]
+    pub max: Dur,
+    /// Growth factor per retry.
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+}
+
+fn default_initial() -> Dur {
+    Dur::secs(1)
+}
+fn default_max_backoff() -> Dur {
+    Dur::secs(30)
+}
+fn default_multiplier() -> f64 {
+    2.0
+}
+
+/// A compensating action (saga).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Compensation {
+    /// Agent to call (default: the step's agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Or a capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// Action name.
+    pub action: String,
+    /// Input (templated; default: the step's output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+}

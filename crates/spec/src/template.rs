@@ -1,0 +1,147 @@
+//! One expression language everywhere: minijinja (Jinja2 syntax).
+//!
+//! Strings in step inputs are templates (`"{{ input.city }}"`); a string that is exactly one
+//! `{{ expression }}` keeps the expression's type, so `"{{ steps.a.output }}"` passes an
+//! object, not its text. `when:` conditions are bare expressions (`input.budget > 1000`).
+
+use std::sync::OnceLock;
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::Value;
+
+use crate::error::{Result, SpecError};
+
+fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env
+    })
+}
+
+/// Whether a string holds template syntax at all.
+pub fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
+}
+
+/// The expression inside `{{ … }}` when the string is exactly one such block.
+fn sole_expression(s: &str) -> Option<&str> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.contains("{{") && !inner.contains("}}")).then_some(inner.trim())
+}
+
+/// Builds a template context from a JSON object.
+pub fn context(value: &Value) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(value))
+}
+
+/// Renders every string of `value` as a template against `ctx`.
+pub fn render_value(value: &Value, ctx: &minijinja::Value) -> Result<Value> {
+    Ok(match value {
+        Value::String(s) if is_template(s) => {
+            if let Some(expr) = sole_expression(s) {
+                let out = env()
+                    .compile_expression(expr)
+                    .and_then(|e| e.eval(ctx))
+                    .map_err(template_error)?;
+                if out.is_undefined() {
+                    Value::Null
+                } else {
+                    serde_json::to_value(&out).map_err(|e| SpecError::Template(e.to_string()))?
+                }
+            } else {
+                Value::String(render_str(s, ctx)?)
+            }
+        }
+        Value::Array(items) => Value::Array(
+            items.iter().map(|v| render_value(v, ctx)).collect::<Result<_>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_value(v, ctx)?)))
+                .collect::<Result<_>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// Renders one template string.
+pub fn render_str(template: &str, ctx: &minijinja::Value) -> Result<String> {
+    if !is_template(template) {
+        return Ok(template.to_owned());
+    }
+    env().render_str(template, ctx).map_err(template_error)
+}
+
+/// Evaluates a condition; undefined is false.
+pub fn eval_condition(expr: &str, ctx: &minijinja::Value) -> Result<bool> {
+    let v = env()
+        .compile_expression(expr)
+        .and_then(|e| e.eval(ctx))
+        .map_err(template_error)?;
+    Ok(v.is_true())
+}
+
+/// Checks the syntax of a template string.
+pub fn check_template(template: &str) -> std::result::Result<(), String> {
+    if let Some(expr) = sole_expression(template) {
+        return check_expression(expr);
+    }
+    env().template_from_str(template).map(|_| ()).map_err(|e| describe(&e))
+}
+
+/// Checks the syntax of an expression.
+pub fn check_expression(expr: &str) -> std::result::Result<(), String> {
+    env().compile_expression(expr).map(|_| ()).map_err(|e| describe(&e))
+}
+
+/// Checks every template string inside a JSON value.
+pub fn check_value(value: &Value) -> std::result::Result<(), String> {
+    match value {
+        Value::String(s) if is_template(s) => check_template(s),
+        Value::Array(items) => items.iter().try_for_each(check_value),
+        Value::Object(map) => map.values().try_for_each(check_value),
+        _ => Ok(()),
+    }
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
+fn template_error(e: minijinja::Error) -> SpecError {
+    SpecError::Template(describe(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sole_expression_keeps_type() {
+        let ctx = context(&json!({"steps": {"a": {"output": {"city": "Oslo", "n": 3}}}}));
+        let out = render_value(&json!({"all": "{{ steps.a.output }}", "n": "{{ steps.a.output.n }}"}), &ctx).unwrap();
+        assert_eq!(out, json!({"all": {"city": "Oslo", "n": 3}, "n": 3}));
+    }
+
+    #[test]
+    fn mixed_text_renders_as_string() {
+        let ctx = context(&json!({"input": {"destination": "Rome"}}));
+        let out = render_value(&json!("Trip to {{ input.destination }}!"), &ctx).unwrap();
+        assert_eq!(out, json!("Trip to Rome!"));
+    }
+
+    #[test]
+    fn conditions() {
+        let ctx = context(&json!({"input": {"budget": 1500}}));
+        assert!(eval_condition("input.budget > 1000", &ctx).unwrap());
+        assert!(!eval_condition("input.missing", &ctx).unwrap());
+        assert!(check_expression("input.budget >").is_err());
+        assert!(check_template("{% if x %}").is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! Semantic checks that types alone cannot express: references, cycles, templates.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::error::{Diagnostic, Origin};
+use crate::model::{AgentConfig, AgentKind, BuiltinKind, Config, Workflow};
+use crate::template;
+use crate::yaml::{SpanIndex, child_index, child_key};
+
+struct Checker<'a> {
+    index: &'a SpanIndex,
+    diags: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        let origin: Option<Origin> = self.index.find(path).cloned();
+        self.diags.push(Diagnostic { origin, message: message.into() });
+    }
+}
+
+/// Every problem of a deserialized configuration, in source order of discovery.
+pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
+    let mut c = Checker { index, diags: Vec::new() };
+    if config.version != 1 {
+        c.err("version", format!("unsupported config version {} (only 1 exists)", config.version));
+    }
+    if config.server.listen.parse::<std::net::SocketAddr>().is_err() {
+        c.err("server.listen", format!("`{}` is not an address like 127.0.0.1:8080", config.server.listen));
+    }
+    if config.engine.max_concurrency == 0 {
+        c.err("engine.max_concurrency", "must be at least 1");
+    }
+    let url = &config.storage.url;
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        c.err("storage.url", "storage.url must start with sqlite:// or postgres://");
+    }
+    for (name, agent) in &config.agents {
+        check_agent(&mut c, config, name, agent);
+    }
+    let mut capabilities: BTreeSet<&str> = BTreeSet::new();
+    for agent in config.agents.values() {
+        capabilities.extend(agent.capabilities.iter().map(String::as_str));
+    }
+    for (name, wf) in &config.workflows {
+        check_workflow(&mut c, config, &capabilities, name, wf);
+    }
+    c.diags
+}
+
+fn check_agent(c: &mut Checker<'_>, config: &Config, name: &str, a: &AgentConfig) {
+    let path = child_key("agents", name);
+    if !valid_name(name) {
+        c.err(&path, format!("agent name `{name}` may only use letters, digits, `_`, `-` and `.`"));
+    }
+    let field = |f: &str| child_key(&path, f);
+    let mut stray = Vec::new();
+    let kind_name = match a.kind {
+        AgentKind::Builtin => "builtin",
+        AgentKind::Http => "http",
+        AgentKind::Command => "command",
+        AgentKind::Llm => "llm",
+    };
+    let owned: [(&str, bool, AgentKind); 13] = [
+        ("builtin", a.builtin.is_some(), AgentKind::Builtin),
+        ("template", a.template.is_some(), AgentKind::Builtin),
+        ("delay", a.delay.is_some(), AgentKind::Builtin),
+        ("failure_rate", a.failure_rate.is_some(), AgentKind::Builtin),
+        ("endpoints", !a.endpoints.is_empty(), AgentKind::Http),
+        ("health_path", a.health_path.is_some(), AgentKind::Http),
+        ("headers", !a.headers.is_empty(), AgentKind::Http),
+        ("command", !a.command.is_empty(), AgentKind::Command),
+        ("working_dir", a.working_dir.is_some(), AgentKind::Command),
+        ("provider", a.provider.is_some(), AgentKind::Llm),
+        ("model", a.model.is_some(), AgentKind::Llm),
+        ("system", a.system.is_some(), AgentKind::Llm),
+        ("response_schema", a.response_schema.is_some(), AgentKind::Llm),
+    ];
+    for (f, set, kind) in owned {
+        if set && kind != a.kind {
+            stray.push(f);
+        }
+    }
+    for f in stray {
+        c.err(&field(f), format!("agent `{name}`: `{f}` does not apply to kind {kind_name}"));
+    }
+    match a.kind {
+        AgentKind::Builtin => match a.builtin {
+            None => c.err(&field("kind"), format!("agent `{name}`: kind builtin needs `builtin: echo|template|sleep|fail`")),
+            Some(BuiltinKind::Template) => match &a.template {
+                None => c.err(&field("builtin"), format!("agent `{name}`: builtin template needs `template:`")),
+                Some(t) => {
+                    if let Err(e) = template::check_template(t) {
+                        c.err(&field("template"), format!("agent `{name}`: invalid template: {e}"));
+                    }
+                }
+            },
+            Some(_) => {}
+        },
+        AgentKind::Http => {
+            for (i, ep) in a.endpoints.iter().enumerate() {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                    c.err(&child_index(&field("endpoints"), i), format!("agent `{name}`: endpoint `{ep}` must be an http:// or https:// URL"));
+                }
+            }
+        }
+        AgentKind::Command => {
+            if a.command.is_empty() {
+                c.err(&field("kind"), format!("agent `{name}`: kind command needs `command: [program, args…]`"));
+            }
+        }
+        AgentKind::Llm => {
+            match &a.provider {
+                None => c.err(&field("kind"), format!("agent `{name}`: kind llm needs `provider:`")),
+                Some(p) if !config.llm.providers.contains_key(p) => c.err(
+                    &field("provider"),
+                    format!("agent `{name}`: unknown provider `{p}` (known: {})", known(config.llm.providers.keys())),
+                ),
+                Some(_) => {}
+            }
+            if a.model.is_none() {
+                c.err(&field("kind"), format!("agent `{name}`: kind llm needs `model:`"));
+            }
+            if let Some(schema) = &a.response_schema
+                && let Err(e) = jsonschema::validator_for(schema)
+            {
+                c.err(&field("response_schema"), format!("agent `{name}`: invalid JSON Schema: {e}"));
+            }
+        }
+    }
+    if let Some(rate) = a.failure_rate
+        && !(0.0..=1.0).contains(&rate)
+    {
+        c.err(&field("failure_rate"), "failure_rate must be between 0 and 1");
+    }
+    if a.max_concurrency == Some(0) {
+        c.err(&field("max_concurrency"), "max_concurrency must be at least 1");
+    }
+    if a.circuit_breaker.failure_threshold == 0 || a.circuit_breaker.half_open_successes == 0 {
+        c.err(&field("circuit_breaker"), "circuit breaker thresholds must be at least 1");
+    }
+}
+
+fn check_workflow(c: &mut Checker<'_>, config: &Config, caps: &BTreeSet<&str>, name: &str, wf: &Workflow) {
+    let path = child_key("workflows", name);
+    if !valid_name(name) {
+        c.err(&path, format!("workflow name `{name}` may only use letters, digits, `_`, `-` and `.`"));
+    }
+    if wf.steps.is_empty() {
+        c.err(&child_key(&path, "steps"), format!("workflow `{name}` has no steps"));
+    }
+    if let Some(schema) = &wf.input_schema
+        && let Err(e) = jsonschema::validator_for(schema)
+    {
+        c.err(&child_key(&path, "input_schema"), format!("workflow `{name}`: invalid JSON Schema: {e}"));
+    }
+    if let Some(out) = &wf.output
+        && let Err(e) = template::check_value(out)
+    {
+        c.err(&child_key(&path, "output"), format!("workflow `{name}`: invalid output template: {e}"));
+    }
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for (i, step) in wf.steps.iter().enumerate() {
+        let sp = child_index(&child_key(&path, "steps"), i);
+        if !valid_name(&step.id) {
+            c.err(&child_key(&sp, "id"), format!("step id `{}` may only use letters, digits, `_`, `-` and `.`", step.id));
+        }
+        if ids.insert(step.id.as_str(), i).is_some() {
+            c.err(&child_key(&sp, "id"), format!("workflow `{name}` has two steps with id `{}`", step.id));
+        }
+    }
+    for (i, step) in wf.steps.iter().enumerate() {
+        let sp = child_index(&child_key(&path, "steps"), i);
+        let f = |x: &str| child_key(&sp, x);
+        let id = &step.id;
+        check_target(c, config, caps, &sp, &format!("step `{id}`"), step.agent.as_deref(), step.capability.as_deref());
+        for (j, need) in step.needs.iter().enumerate() {
+            if need == id {
+                c.err(&child_index(&f("needs"), j), format!("step `{id}` needs itself"));
+            } else if !ids.contains_key(need.as_str()) {
+                c.err(&child_index(&f("needs"), j), format!("step `{id}` needs unknown step `{need}` (steps: {})", known(ids.keys())));
+            }
+        }
+        if let Some(when) = &step.when
+            && let Err(e) = template::check_expression(when)
+        {
+            c.err(&f("when"), format!("step `{id}`: invalid `when` expression: {e}"));
+        }
+        for (field, text) in [("prompt", &step.prompt), ("instructions", &step.instructions)] {
+            if let Some(t) = text
+                && let Err(e) = template::check_template(t)
+            {
+                c.err(&f(field), format!("step `{id}`: invalid {field} template: {e}"));
+            }
+        }
+        if let Some(input) = &step.input
+            && let Err(e) = template::check_value(input)
+        {
+            c.err(&f("input"), format!("step `{id}`: invalid input template: {e}"));
+        }
+        if let Some(r) = &step.retry {
+            if r.attempts == 0 {
+                c.err(&child_key(&f("retry"), "attempts"), format!("step `{id}`: retry.attempts must be at least 1"));
+            }
+            if r.multiplier < 1.0 {
+                c.err(&child_key(&f("retry"), "multiplier"), format!("step `{id}`: retry.multiplier must be at least 1"));
+            }
+        }
+        if let Some(comp) = &step.compensate {
+            let agent = comp.agent.as_deref().or(if comp.capability.is_none() { step.agent.as_deref() } else { None });
+            check_target(c, config, caps, &f("compensate"), &format!("compensation of step `{id}`"), agent, comp.capability.as_deref());
+        }
+    }
+    if let Some(cycle) = find_cycle(wf) {
+        let first = ids.get(cycle[0].as_str()).copied().unwrap_or(0);
+        let sp = child_index(&child_key(&path, "steps"), first);
+        c.err(&child_key(&sp, "needs"), format!("workflow `{name}` has a dependency cycle: {}", cycle.join(" -> ")));
+    }
+}
+
+fn check_target(
+    c: &mut Checker<'_>,
+    config: &Config,
+    caps: &BTreeSet<&str>,
+    path: &str,
+    what: &str,
+    agent: Option<&str>,
+    capability: Option<&str>,
+) {
+    match (agent, capability) {
+        (Some(_), Some(_)) => c.err(path, format!("{what} sets both `agent` and `capability`; choose one")),
+        (None, None) => c.err(path, format!("{what} needs `agent:` or `capability:`")),
+        (Some(a), None) if !config.agents.contains_key(a) => c.err(
+            &child_key(path, "agent"),
+            format!("{what} uses unknown agent `{a}` (agents: {})", known(config.agents.keys())),
+        ),
+        (None, Some(cap)) if !caps.contains(cap) => c.err(
+            &child_key(path, "capability"),
+            format!("{what} asks for capability `{cap}` that no agent offers"),
+        ),
+        _ => {}
+    }
+}
+
+/// A dependency cycle as a list of step ids (first repeated at the end), if any.
+pub fn find_cycle(wf: &Workflow) -> Option<Vec<String>> {
+    let ids: BTreeMap<&str, usize> = wf.steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let n = wf.steps.len();
+    // 0 unvisited, 1 on stack, 2 done
+    let mut color = vec![0u8; n];
+    let mut stack: Vec<usize> = Vec::new();
+    fn dfs(
+        v: usize,
+        wf: &Workflow,
+        ids: &BTreeMap<&str, usize>,
+        color: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<String>> {
+        color[v] = 1;
+        stack.push(v);
+        for need in &wf.steps[v].needs {
+            let Some(&u) = ids.get(need.as_str()) else { continue };
+            if color[u] == 1 {
+                let start = stack.iter().position(|&x| x == u).unwrap_or(0);
+                let mut cycle: Vec<String> = stack[start..].iter().map(|&i| wf.steps[i].id.clone()).collect();
+                cycle.push(wf.steps[u].id.clone());
+                return Some(cycle);
+            }
+            if color[u] == 0
+                && let Some(c) = dfs(u, wf, ids, color, stack)
+            {
+                return Some(c);
+            }
+        }
+        stack.pop();
+        color[v] = 2;
+        None
+    }
+    (0..n).find_map(|v| if color[v] == 0 { dfs(v, wf, &ids, &mut color, &mut stack) } else { None })
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a (impl AsRef<str> + 'a + ?Sized)>) -> String {
+    let v: Vec<&str> = names.map(|n| n.as_ref()).collect();
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}
