@@ -1,0 +1,237 @@
+//! The records the store keeps: runs, steps, events and definitions.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+macro_rules! status_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vdoc])* $variant),* }
+
+        impl $name {
+            /// The stored and displayed name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+            /// Parses a stored name.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some($name::$variant),)* _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+status_enum! {
+    /// Where a run is in its life.
+    RunStatus {
+        /// Accepted, not started yet.
+        Queued => "queued",
+        /// Steps are executing.
+        Running => "running",
+        /// Every step succeeded or was skipped.
+        Succeeded => "succeeded",
+        /// A step failed for good (compensation ran).
+        Failed => "failed",
+        /// Cancelled by a user.
+        Cancelled => "cancelled",
+        /// Its SLA timeout passed.
+        TimedOut => "timed_out",
+    }
+}
+
+impl RunStatus {
+    /// Whether the run is over.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+status_enum! {
+    /// Where a step is.
+    StepStatus {
+        /// Waiting for its needs.
+        Pending => "pending",
+        /// An attempt is in flight (or waiting to retry).
+        Running => "running",
+        /// Done; its output is final.
+        Succeeded => "succeeded",
+        /// Failed for good.
+        Failed => "failed",
+        /// Not run: its condition was false or a need did not succeed.
+        Skipped => "skipped",
+        /// Succeeded, then undone by its compensation.
+        Compensated => "compensated",
+    }
+}
+
+impl StepStatus {
+    /// Whether nothing more will happen to the step in this run's forward phase.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, StepStatus::Pending | StepStatus::Running)
+    }
+}
+
+status_enum! {
+    /// A workflow run or a single task (`POST /api/v1/execute`).
+    RunKind {
+        /// A run of a configured workflow.
+        Workflow => "workflow",
+        /// A one-step task.
+        Task => "task",
+    }
+}
+
+/// A run to create.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// UUIDv7.
+    pub id: String,
+    /// Workflow or task.
+    pub kind: RunKind,
+    /// Workflow name (`_task` for tasks).
+    pub workflow: String,
+    /// Hash of the pinned definition.
+    pub definition_hash: String,
+    /// The pinned definition (JSON), stored once per hash.
+    pub definition: String,
+    /// Priority name.
+    pub priority: String,
+    /// Run input.
+    pub input: Value,
+    /// Caller metadata.
+    pub metadata: Value,
+    /// `Idempotency-Key` of the submission, if any.
+    pub idempotency_key: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// SLA deadline, unix milliseconds.
+    pub deadline_at: Option<i64>,
+}
+
+/// What creating a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// A new run was stored.
+    Created,
+    /// The idempotency key was used before, by this run.
+    Existing(String),
+}
+
+/// A stored run with its steps.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub id: String,
+    /// Workflow or task.
+    pub kind: RunKind,
+    /// Workflow name.
+    pub workflow: String,
+    /// Pinned definition hash.
+    pub definition_hash: String,
+    /// Current status.
+    pub status: RunStatus,
+    /// Priority name.
+    pub priority: String,
+    /// Input.
+    pub input: Value,
+    /// Metadata.
+    pub metadata: Value,
+    /// Output once succeeded.
+    pub output: Option<Value>,
+    /// Error once failed.
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+    /// Unix milliseconds.
+    pub finished_at: Option<i64>,
+    /// SLA deadline, unix milliseconds.
+    pub deadline_at: Option<i64>,
+    /// Steps that have left `pending` (others are pending).
+    pub steps: Vec<StepRecord>,
+}
+
+/// A stored step.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepRecord {
+    /// Step id.
+    pub step_id: String,
+    /// Status.
+    pub status: StepStatus,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Output once succeeded.
+    pub output: Option<Value>,
+    /// Last error.
+    pub error: Option<String>,
+    /// Unix milliseconds of the first attempt.
+    pub started_at: Option<i64>,
+    /// Unix milliseconds.
+    pub finished_at: Option<i64>,
+}
+
+/// One transition, kept for the events stream.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventRecord {
+    /// Run id.
+    pub run_id: String,
+    /// Position within the run, from 1.
+    pub seq: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// `run_started`, `step_succeeded`, …
+    pub kind: String,
+    /// The step, for step events.
+    pub step_id: Option<String>,
+    /// Details.
+    pub data: Value,
+}
+
+/// A change to apply.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Insert or replace a step's row.
+    Step {
+        /// Run id.
+        run_id: String,
+        /// The step's new state.
+        step: StepRecord,
+    },
+    /// Change a run's status.
+    Run {
+        /// Run id.
+        run_id: String,
+        /// New status.
+        status: RunStatus,
+        /// Output, when succeeded.
+        output: Option<Value>,
+        /// Error, when failed.
+        error: Option<String>,
+        /// Unix milliseconds.
+        at: i64,
+    },
+    /// Append an event.
+    Event(EventRecord),
+}
+
+/// Filters for listing runs, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    /// Only this workflow.
+    pub workflow: Option<String>,
+    /// Only this status.
+    pub status: Option<RunStatus>,
+    /// Page size.
+    pub limit: u32,
+    /// Only runs older than this id (the previous page's `next_cursor`).
+    pub before: Option<String>,
+}

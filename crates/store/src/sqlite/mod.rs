@@ -1,0 +1,219 @@
+//! SQLite backend: WAL, one writer thread with group commit, a small pool of readers,
+//! and a lock file so that only one process uses a database at a time.
+
+mod read;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use crate::record::{CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, Write};
+use crate::{Result, Store, StoreError};
+use writer::Job;
+
+/// How the SQLite store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteOptions {
+    /// fsync every commit (`synchronous=FULL`); `false` trades power-loss safety for speed.
+    pub durable: bool,
+    /// Read connections kept open.
+    pub read_pool: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { durable: true, read_pool: 4 }
+    }
+}
+
+/// The SQLite [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    options: SqliteOptions,
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+/// `sqlite://flotilla.db`, `sqlite:///abs/path.db`, `sqlite:flotilla.db` → a path.
+pub fn path_from_url(url: &str) -> Result<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| StoreError::Url(url.to_owned()))?;
+    let rest = rest.split('?').next().unwrap_or(rest);
+    if rest.is_empty() || rest.starts_with(":memory:") || rest == "memory:" {
+        return Err(StoreError::Url(format!(
+            "{url}: in-memory databases are not durable; give a file path such as sqlite://flotilla.db"
+        )));
+    }
+    Ok(PathBuf::from(rest))
+}
+
+fn open_conn(path: &Path, durable: bool) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at a `sqlite://` URL and takes its lock.
+    pub async fn open(url: &str, options: SqliteOptions) -> Result<Self> {
+        let path = path_from_url(url)?;
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, options))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    fn open_blocking(path: PathBuf, options: SqliteOptions) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path)?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked(format!(
+                "database {} is in use by another flotilla process (lock {} is held); \
+                 SQLite serves one process: stop the other one, or use PostgreSQL for several replicas",
+                path.display(),
+                lock_path.display()
+            )));
+        }
+        let conn = open_conn(&path, options.durable)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("flotilla-sqlite-writer".into())
+            .spawn(move || writer::run(conn, rx))?;
+        Ok(Self {
+            path,
+            jobs: Some(tx),
+            writer: Some(writer),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            options,
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.jobs.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        let durable = self.options.durable;
+        let keep = self.options.read_pool.max(1);
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().map_err(|_| StoreError::Closed)?.pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_conn(&path, durable)?,
+            };
+            let out = f(&conn);
+            if let Ok(mut pool) = readers.lock()
+                && pool.len() < keep
+            {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued; waiting for it makes
+        // every enqueued write durable before the lock is released.
+        self.jobs.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Migrate(tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn create_run(&self, run: NewRun) -> Result<CreateOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Create(run, tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Commit(writes, Some(tx)))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn enqueue(&self, writes: Vec<Write>) {
+        if self.send(Job::Commit(writes, None)).is_err() {
+            tracing::warn!("store closed; a non-critical write was dropped");
+        }
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        let id = id.to_owned();
+        self.read(move |c| read::run(c, &id)).await
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
+        let q = query.clone();
+        self.read(move |c| read::list(c, &q)).await
+    }
+
+    async fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {
+        self.read(read::unfinished).await
+    }
+
+    async fn definition(&self, hash: &str) -> Result<Option<String>> {
+        let hash = hash.to_owned();
+        self.read(move |c| read::definition(c, &hash)).await
+    }
+
+    async fn events(&self, run_id: &str, after_seq: i64) -> Result<Vec<EventRecord>> {
+        let id = run_id.to_owned();
+        self.read(move |c| read::events(c, &id, after_seq)).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?)).await
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

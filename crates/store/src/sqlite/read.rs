@@ -1,0 +1,135 @@
+//! Queries on a read connection.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+
+use crate::record::{EventRecord, RunKind, RunQuery, RunRecord, RunStatus, StepRecord, StepStatus};
+use crate::{Result, StoreError};
+
+const RUN_COLUMNS: &str = "id, kind, workflow, definition_hash, status, priority, input, metadata, output, error,
+                           created_at, updated_at, finished_at, deadline_at";
+
+fn json(text: Option<String>) -> Result<Option<Value>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+fn run_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, [Option<String>; 3])> {
+    let kind: String = row.get(1)?;
+    let status: String = row.get(4)?;
+    let texts = [row.get::<_, Option<String>>(6)?, row.get(7)?, row.get(8)?];
+    Ok((
+        RunRecord {
+            id: row.get(0)?,
+            kind: RunKind::parse(&kind).unwrap_or(RunKind::Workflow),
+            workflow: row.get(2)?,
+            definition_hash: row.get(3)?,
+            status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+            priority: row.get(5)?,
+            input: Value::Null,
+            metadata: Value::Null,
+            output: None,
+            error: row.get(9)?,
+            created_at: row.get(10)?,
+            updated_at: row.get(11)?,
+            finished_at: row.get(12)?,
+            deadline_at: row.get(13)?,
+            steps: Vec::new(),
+        },
+        texts,
+    ))
+}
+
+fn finish_run(conn: &Connection, (mut run, [input, metadata, output]): (RunRecord, [Option<String>; 3])) -> Result<RunRecord> {
+    run.input = json(input)?.unwrap_or(Value::Null);
+    run.metadata = json(metadata)?.unwrap_or(Value::Null);
+    run.output = json(output)?;
+    run.steps = steps(conn, &run.id)?;
+    Ok(run)
+}
+
+pub(crate) fn run(conn: &Connection, id: &str) -> Result<Option<RunRecord>> {
+    let row = conn
+        .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"))?
+        .query_row([id], run_row)
+        .optional()?;
+    row.map(|r| finish_run(conn, r)).transpose()
+}
+
+pub(crate) fn list(conn: &Connection, q: &RunQuery) -> Result<Vec<RunRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs
+         WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
+         ORDER BY id DESC LIMIT ?4"
+    ))?;
+    let rows = stmt
+        .query_map(
+            params![q.workflow, q.status.map(RunStatus::as_str), q.before, q.limit.max(1)],
+            run_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(|r| finish_run(conn, r)).collect()
+}
+
+pub(crate) fn unfinished(conn: &Connection) -> Result<Vec<RunRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running') ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([], run_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(|r| finish_run(conn, r)).collect()
+}
+
+fn steps(conn: &Connection, run_id: &str) -> Result<Vec<StepRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT step_id, status, attempts, output, error, started_at, finished_at FROM steps WHERE run_id = ?1",
+    )?;
+    let rows = stmt
+        .query_map([run_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(step_id, status, attempts, output, error, started_at, finished_at)| {
+            Ok(StepRecord {
+                step_id,
+                status: StepStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("step status {status}")))?,
+                attempts,
+                output: json(output)?,
+                error,
+                started_at,
+                finished_at,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn definition(conn: &Connection, hash: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT body FROM definitions WHERE hash = ?1")?
+        .query_row([hash], |r| r.get(0))
+        .optional()?)
+}
+
+pub(crate) fn events(conn: &Connection, run_id: &str, after: i64) -> Result<Vec<EventRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, at, kind, step_id, data FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
+    )?;
+    let rows = stmt
+        .query_map(params![run_id, after], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, String>(4)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(seq, at, kind, step_id, data)| {
+            Ok(EventRecord { run_id: run_id.to_owned(), seq, at, kind, step_id, data: json(Some(data))?.unwrap_or(Value::Null) })
+        })
+        .collect()
+}

@@ -1,0 +1,200 @@
+//! The writer thread: owns the write connection and group-commits.
+
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::record::{CreateOutcome, NewRun, Write};
+use crate::{Result, StoreError};
+
+/// Work for the writer.
+pub(crate) enum Job {
+    Create(NewRun, oneshot::Sender<Result<CreateOutcome>>),
+    Commit(Vec<Write>, Option<oneshot::Sender<Result<()>>>),
+    Migrate(oneshot::Sender<Result<()>>),
+}
+
+/// Most jobs folded into one transaction; bounds the latency of the first waiter.
+const MAX_BATCH: usize = 2048;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+pub(crate) fn run(mut conn: Connection, rx: Receiver<Job>) {
+    let mut batch = Vec::with_capacity(64);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        loop {
+            if batch.len() >= MAX_BATCH {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        process(&mut conn, &mut batch);
+    }
+}
+
+enum Reply {
+    Create(oneshot::Sender<Result<CreateOutcome>>, Result<CreateOutcome>),
+    Unit(oneshot::Sender<Result<()>>, Result<()>),
+}
+
+fn process(conn: &mut Connection, batch: &mut Vec<Job>) {
+    let mut replies = Vec::with_capacity(batch.len());
+    let outcome = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for job in batch.drain(..) {
+            match job {
+                Job::Create(run, reply) => {
+                    let r = savepoint(&tx, |tx| create(tx, &run));
+                    replies.push(Reply::Create(reply, r));
+                }
+                Job::Commit(writes, reply) => {
+                    let r = savepoint(&tx, |tx| apply(tx, &writes));
+                    if let Err(e) = &r {
+                        tracing::error!(error = %e, "store write failed");
+                    }
+                    if let Some(reply) = reply {
+                        replies.push(Reply::Unit(reply, r));
+                    }
+                }
+                Job::Migrate(reply) => {
+                    let r = savepoint(&tx, migrate);
+                    replies.push(Reply::Unit(reply, r));
+                }
+            }
+        }
+        tx.commit()
+    })();
+    for reply in replies {
+        match (reply, &outcome) {
+            (Reply::Create(tx, r), Ok(())) => drop(tx.send(r)),
+            (Reply::Unit(tx, r), Ok(())) => drop(tx.send(r)),
+            (Reply::Create(tx, _), Err(e)) => drop(tx.send(Err(commit_error(e)))),
+            (Reply::Unit(tx, _), Err(e)) => drop(tx.send(Err(commit_error(e)))),
+        }
+    }
+    if let Err(e) = outcome {
+        tracing::error!(error = %e, "store commit failed");
+    }
+}
+
+fn commit_error(e: &rusqlite::Error) -> StoreError {
+    StoreError::Corrupt(format!("commit failed: {e}"))
+}
+
+/// Runs `f` inside a savepoint so that one failing job does not undo the others.
+fn savepoint<T>(
+    tx: &rusqlite::Transaction<'_>,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    tx.execute_batch("SAVEPOINT job")?;
+    match f(tx) {
+        Ok(v) => {
+            tx.execute_batch("RELEASE job")?;
+            Ok(v)
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            Err(e)
+        }
+    }
+}
+
+fn migrate(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (version, sql) in MIGRATIONS {
+        if *version > current {
+            tx.execute_batch(sql)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {version}"))?;
+            tracing::info!(version, "applied sqlite migration");
+        }
+    }
+    Ok(())
+}
+
+fn create(tx: &rusqlite::Transaction<'_>, run: &NewRun) -> Result<CreateOutcome> {
+    if let Some(key) = &run.idempotency_key {
+        let existing: Option<String> = tx
+            .prepare_cached("SELECT id FROM runs WHERE idempotency_key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(CreateOutcome::Existing(id));
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO definitions (hash, workflow, body, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(hash) DO NOTHING",
+    )?
+    .execute(params![run.definition_hash, run.workflow, run.definition, run.created_at])?;
+    tx.prepare_cached(
+        "INSERT INTO runs (id, kind, workflow, definition_hash, status, priority, input, metadata,
+                           idempotency_key, created_at, updated_at, deadline_at)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
+    )?
+    .execute(params![
+        run.id,
+        run.kind.as_str(),
+        run.workflow,
+        run.definition_hash,
+        run.priority,
+        run.input.to_string(),
+        run.metadata.to_string(),
+        run.idempotency_key,
+        run.created_at,
+        run.deadline_at,
+    ])?;
+    Ok(CreateOutcome::Created)
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, writes: &[Write]) -> Result<()> {
+    for w in writes {
+        match w {
+            Write::Step { run_id, step } => {
+                tx.prepare_cached(
+                    "INSERT INTO steps (run_id, step_id, status, attempts, output, error, started_at, finished_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT(run_id, step_id) DO UPDATE SET status = excluded.status,
+                       attempts = excluded.attempts, output = excluded.output, error = excluded.error,
+                       started_at = excluded.started_at, finished_at = excluded.finished_at",
+                )?
+                .execute(params![
+                    run_id,
+                    step.step_id,
+                    step.status.as_str(),
+                    step.attempts,
+                    step.output.as_ref().map(|v| v.to_string()),
+                    step.error,
+                    step.started_at,
+                    step.finished_at,
+                ])?;
+            }
+            Write::Run { run_id, status, output, error, at } => {
+                let finished = status.is_terminal().then_some(*at);
+                tx.prepare_cached(
+                    "UPDATE runs SET status = ?2, output = COALESCE(?3, output), error = COALESCE(?4, error),
+                       updated_at = ?5, finished_at = COALESCE(?6, finished_at) WHERE id = ?1",
+                )?
+                .execute(params![
+                    run_id,
+                    status.as_str(),
+                    output.as_ref().map(|v| v.to_string()),
+                    error,
+                    at,
+                    finished,
+                ])?;
+            }
+            Write::Event(ev) => {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO events (run_id, seq, at, kind, step_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![ev.run_id, ev.seq, ev.at, ev.kind, ev.step_id, ev.data.to_string()])?;
+            }
+        }
+    }
+    Ok(())
+}

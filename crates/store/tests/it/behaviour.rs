@@ -1,0 +1,113 @@
+//! What every `Store` must do, whatever the backend.
+
+use flotilla_store::*;
+use serde_json::json;
+
+pub fn new_run(id: &str, key: Option<&str>) -> NewRun {
+    NewRun {
+        id: id.into(),
+        kind: RunKind::Workflow,
+        workflow: "w".into(),
+        definition_hash: "h1".into(),
+        definition: "{\"steps\":[]}".into(),
+        priority: "medium".into(),
+        input: json!({"city": "Oslo"}),
+        metadata: json!({}),
+        idempotency_key: key.map(Into::into),
+        created_at: 1,
+        deadline_at: None,
+    }
+}
+
+fn step(id: &str, status: StepStatus) -> StepRecord {
+    StepRecord {
+        step_id: id.into(),
+        status,
+        attempts: 1,
+        output: Some(json!({"ok": id})),
+        error: None,
+        started_at: Some(2),
+        finished_at: Some(3),
+    }
+}
+
+pub async fn create_and_read_back(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    assert_eq!(store.create_run(new_run("r1", None)).await.unwrap(), CreateOutcome::Created);
+    let run = store.run("r1").await.unwrap().expect("stored");
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(run.input, json!({"city": "Oslo"}));
+    assert!(run.steps.is_empty());
+    assert_eq!(store.definition("h1").await.unwrap().as_deref(), Some("{\"steps\":[]}"));
+    assert!(store.run("nope").await.unwrap().is_none());
+}
+
+pub async fn idempotency_key_finds_first_run(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    assert_eq!(store.create_run(new_run("a", Some("k"))).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(
+        store.create_run(new_run("b", Some("k"))).await.unwrap(),
+        CreateOutcome::Existing("a".into())
+    );
+    assert!(store.run("b").await.unwrap().is_none(), "nothing half-stored");
+}
+
+pub async fn transitions_and_recovery_view(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    store.create_run(new_run("r1", None)).await.unwrap();
+    store.create_run(new_run("r2", None)).await.unwrap();
+    store
+        .commit(vec![
+            Write::Run { run_id: "r1".into(), status: RunStatus::Running, output: None, error: None, at: 5 },
+            Write::Step { run_id: "r1".into(), step: step("a", StepStatus::Succeeded) },
+            Write::Event(EventRecord {
+                run_id: "r1".into(),
+                seq: 1,
+                at: 5,
+                kind: "step_succeeded".into(),
+                step_id: Some("a".into()),
+                data: json!({}),
+            }),
+            Write::Run { run_id: "r2".into(), status: RunStatus::Succeeded, output: Some(json!(1)), error: None, at: 6 },
+        ])
+        .await
+        .unwrap();
+    let unfinished = store.unfinished_runs().await.unwrap();
+    assert_eq!(unfinished.len(), 1);
+    assert_eq!(unfinished[0].id, "r1");
+    assert_eq!(unfinished[0].steps, vec![step("a", StepStatus::Succeeded)]);
+    let r2 = store.run("r2").await.unwrap().unwrap();
+    assert_eq!(r2.finished_at, Some(6));
+    assert_eq!(r2.output, Some(json!(1)));
+    let events = store.events("r1", 0).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(store.events("r1", 1).await.unwrap().is_empty());
+}
+
+pub async fn list_pages_newest_first(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    for id in ["01", "02", "03"] {
+        store.create_run(new_run(id, None)).await.unwrap();
+    }
+    let page = store.list_runs(&RunQuery { limit: 2, ..Default::default() }).await.unwrap();
+    assert_eq!(page.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["03", "02"]);
+    let next = store
+        .list_runs(&RunQuery { limit: 2, before: Some("02".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(next.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["01"]);
+    let none = store
+        .list_runs(&RunQuery { limit: 5, status: Some(RunStatus::Failed), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+pub async fn enqueued_writes_land_before_later_commits(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    store.create_run(new_run("r", None)).await.unwrap();
+    store.enqueue(vec![Write::Step { run_id: "r".into(), step: step("a", StepStatus::Running) }]);
+    store.commit(vec![Write::Step { run_id: "r".into(), step: step("b", StepStatus::Succeeded) }]).await.unwrap();
+    let run = store.run("r").await.unwrap().unwrap();
+    assert_eq!(run.steps.len(), 2);
+}

@@ -1,0 +1,60 @@
+//! The behaviour suite on SQLite, plus what only SQLite does.
+
+use flotilla_store::{SqliteOptions, SqliteStore, Store, StoreError};
+
+use crate::behaviour;
+
+async fn fresh() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap();
+    (dir, store)
+}
+
+macro_rules! behaviour_tests {
+    ($($name:ident),*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let (_dir, store) = fresh().await;
+            behaviour::$name(&store).await;
+        }
+    )*};
+}
+
+behaviour_tests!(
+    create_and_read_back,
+    idempotency_key_finds_first_run,
+    transitions_and_recovery_view,
+    list_pages_newest_first,
+    enqueued_writes_land_before_later_commits
+);
+
+#[tokio::test]
+async fn second_process_is_refused_by_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let _first = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap();
+    let err = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+    assert!(err.to_string().contains("in use by another flotilla process"));
+}
+
+#[tokio::test]
+async fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    {
+        let store = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        store.create_run(behaviour::new_run("r", None)).await.unwrap();
+    }
+    let store = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap();
+    store.migrate().await.unwrap();
+    assert!(store.run("r").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn memory_urls_are_refused_with_a_reason() {
+    let err = SqliteStore::open("sqlite::memory:", SqliteOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("not durable"), "{err}");
+}
