@@ -1,1 +1,40 @@
-//! placeholder
+//! flotilla-engine: runs workflows.
+//!
+//! - [`scheduler`] is pure: `decide(state, event) -> actions`, property-tested.
+//! - The driver (one task per run) feeds it events and carries out its actions: a step's
+//!   success is committed before anything that depends on it starts; every other record is
+//!   queued behind it, so one group commit in the store covers many transitions.
+//! - [`agents`] holds one runtime per agent kind (builtin, http, command, llm); calls run
+//!   under a global and a per-agent priority [`gate`], a per-agent [`breaker`], and an
+//!   attempt timeout; failures retry with [`backoff`].
+//! - [`metrics`] is the catalogue every component reports to.
+//!
+//! ```no_run
+//! # async fn demo(config: flotilla_spec::Config, store: std::sync::Arc<dyn flotilla_store::Store>) -> flotilla_engine::Result<()> {
+//! use std::sync::Arc;
+//! use flotilla_engine::{Engine, Submission, metrics::Metrics};
+//! let engine = Engine::start(Arc::new(config), store, Arc::new(Metrics::new())).await?;
+//! let run = engine.submit("travel_planning", Submission { input: serde_json::json!({"destination": "Oslo"}), ..Default::default() }).await?;
+//! let done = engine.wait(&run.run_id, std::time::Duration::from_secs(30)).await?;
+//! println!("{}", done.status);
+//! # Ok(()) }
+//! ```
+
+pub mod agents;
+pub mod backoff;
+pub mod breaker;
+mod clock;
+mod driver;
+mod engine;
+mod error;
+pub mod gate;
+pub mod metrics;
+pub mod registry;
+pub mod scheduler;
+
+pub use clock::now_ms;
+pub use engine::{
+    Engine, RunOutcome, RunView, StepView, Submission, Submitted, TaskRequest, TaskResult,
+};
+pub use error::{EngineError, Result};
+pub use registry::{AgentStatus, Registration, RegistrationError};

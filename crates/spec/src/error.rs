@@ -6,7 +6,11 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// A position in a YAML file (line and column are 1-based).
-    File { file: String, line: usize, col: usize },
+    File {
+        file: String,
+        line: usize,
+        col: usize,
+    },
     /// An environment variable override (`FLOTILLA_SERVER__LISTEN`).
     Env(String),
     /// A command-line flag.

@@ -22,9 +22,9 @@ pub fn interpolate(
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos..];
-        if after.starts_with("$${") {
+        if let Some(escaped) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = escaped;
         } else if let Some(body) = after.strip_prefix("${") {
             let end = body
                 .find('}')
@@ -73,7 +73,10 @@ mod tests {
         assert_eq!(interpolate("pg://${HOST}/x", &env).unwrap(), "pg://db/x");
         assert_eq!(interpolate("${NOPE:-5432}", &env).unwrap(), "5432");
         assert_eq!(interpolate("${EMPTY:-d}", &env).unwrap(), "d");
-        assert_eq!(interpolate("cost $5 and $${HOST}", &env).unwrap(), "cost $5 and ${HOST}");
+        assert_eq!(
+            interpolate("cost $5 and $${HOST}", &env).unwrap(),
+            "cost $5 and ${HOST}"
+        );
     }
 
     #[test]
@@ -82,7 +85,13 @@ mod tests {
             interpolate("${NOPE}", &env),
             Err(InterpolationError::Missing("NOPE".into()))
         );
-        assert!(matches!(interpolate("${HOST", &env), Err(InterpolationError::Malformed(_))));
-        assert!(matches!(interpolate("${A B}", &env), Err(InterpolationError::Malformed(_))));
+        assert!(matches!(
+            interpolate("${HOST", &env),
+            Err(InterpolationError::Malformed(_))
+        ));
+        assert!(matches!(
+            interpolate("${A B}", &env),
+            Err(InterpolationError::Malformed(_))
+        ));
     }
 }

@@ -30,7 +30,11 @@ impl Source {
                 message: format!("cannot read config file {}: {e}", path.display()),
             }])
         })?;
-        Ok(Source { name: path.display().to_string(), text, path: Some(path.to_owned()) })
+        Ok(Source {
+            name: path.display().to_string(),
+            text,
+            path: Some(path.to_owned()),
+        })
     }
 }
 
@@ -65,7 +69,8 @@ impl Loader<'_> {
     pub fn load(self) -> Result<Loaded> {
         let mut diags = Vec::new();
         let mut files = vec![self.base.name.clone()];
-        let (mut value, mut index) = match yaml::parse(&self.base.name, &self.base.text, self.vars) {
+        let (mut value, mut index) = match yaml::parse(&self.base.name, &self.base.text, self.vars)
+        {
             Ok(parsed) => parsed,
             Err(d) => return Err(SpecError::Invalid(d)),
         };
@@ -85,16 +90,28 @@ impl Loader<'_> {
         }
         let mut overrides: Vec<(String, Value, Origin)> = Vec::new();
         if let Some(url) = (self.vars)("DATABASE_URL") {
-            overrides.push(("storage.url".into(), Value::String(url), Origin::Env("DATABASE_URL".into())));
+            overrides.push((
+                "storage.url".into(),
+                Value::String(url),
+                Origin::Env("DATABASE_URL".into()),
+            ));
         }
-        let mut names: Vec<&String> = self.var_names.iter().filter(|n| n.starts_with("FLOTILLA_")).collect();
+        let mut names: Vec<&String> = self
+            .var_names
+            .iter()
+            .filter(|n| n.starts_with("FLOTILLA_"))
+            .collect();
         names.sort();
         for name in names {
             if NOT_SETTINGS.contains(&name.as_str()) {
                 continue;
             }
-            let Some(raw) = (self.vars)(name) else { continue };
-            let path = name["FLOTILLA_".len()..].to_ascii_lowercase().replace("__", ".");
+            let Some(raw) = (self.vars)(name) else {
+                continue;
+            };
+            let path = name["FLOTILLA_".len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
             overrides.push((path, yaml::scalar_from_env(&raw), Origin::Env(name.clone())));
         }
         for (path, v, flag) in self.flags {
@@ -120,7 +137,10 @@ impl Loader<'_> {
 
 /// `dir/flotilla.yaml` + `production` → `dir/flotilla.production.yaml`.
 pub fn overlay_path(path: &Path, env: &str) -> PathBuf {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("flotilla");
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("flotilla");
     let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("yaml");
     path.with_file_name(format!("{stem}.{env}.{ext}"))
 }
@@ -154,7 +174,9 @@ fn set_path(root: &mut Value, path: &str, v: Value) {
             obj.insert((*part).to_owned(), v);
             return;
         }
-        cur = obj.entry((*part).to_owned()).or_insert_with(|| Value::Object(Map::new()));
+        cur = obj
+            .entry((*part).to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
 }
 
@@ -176,8 +198,12 @@ fn deserialize(value: Value, index: &SpanIndex, diags: &mut Vec<Diagnostic>) -> 
                 for (name, entry) in entries {
                     let path = child_key(section, &name);
                     let valid = match section {
-                        "agents" => de::<crate::model::AgentConfig>(entry.clone(), &path, index, diags).is_some(),
-                        _ => de::<crate::model::Workflow>(entry.clone(), &path, index, diags).is_some(),
+                        "agents" => {
+                            de::<crate::model::AgentConfig>(entry.clone(), &path, index, diags)
+                                .is_some()
+                        }
+                        _ => de::<crate::model::Workflow>(entry.clone(), &path, index, diags)
+                            .is_some(),
                     };
                     ok &= valid;
                     target.insert(name, entry);
@@ -199,7 +225,11 @@ fn deserialize(value: Value, index: &SpanIndex, diags: &mut Vec<Diagnostic>) -> 
     }
     let agents = de(Value::Object(agents), "agents", index, diags)?;
     let workflows = de(Value::Object(workflows), "workflows", index, diags)?;
-    Some(Config { agents, workflows, ..rest })
+    Some(Config {
+        agents,
+        workflows,
+        ..rest
+    })
 }
 
 fn de<T: DeserializeOwned>(
@@ -226,8 +256,15 @@ fn de<T: DeserializeOwned>(
             {
                 full = child_key(&full, field);
             }
-            let message = if full.is_empty() { message } else { format!("{full}: {message}") };
-            diags.push(Diagnostic { origin: index.find(&full).cloned(), message });
+            let message = if full.is_empty() {
+                message
+            } else {
+                format!("{full}: {message}")
+            };
+            diags.push(Diagnostic {
+                origin: index.find(&full).cloned(),
+                message,
+            });
             None
         }
     }

@@ -122,7 +122,11 @@ fn default_pool() -> u32 {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { url: default_storage_url(), pool_size: default_pool(), durability: Durability::Durable }
+        Self {
+            url: default_storage_url(),
+            pool_size: default_pool(),
+            durability: Durability::Durable,
+        }
     }
 }
 
@@ -182,7 +186,10 @@ fn default_log_level() -> String {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { format: default_log_format(), level: default_log_level() }
+        Self {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
     }
 }
 
@@ -354,7 +361,9 @@ impl Default for CircuitBreakerConfig {
 }
 
 /// Ready-queue order.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// Served last.

@@ -8,21 +8,37 @@ pub const REDACTED: &str = "***";
 /// Whether a key names a secret (`api_key`, `password`, `secret`, `token`, …).
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["api_key", "apikey", "password", "secret", "token", "authorization", "private_key"]
-        .iter()
-        .any(|s| k.contains(s))
+    [
+        "api_key",
+        "apikey",
+        "password",
+        "secret",
+        "token",
+        "authorization",
+        "private_key",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 /// Hides the password of a URL with credentials (`postgres://u:pw@h/db` → `postgres://u:***@h/db`).
 pub fn redact_url(text: &str) -> String {
-    let Some(scheme_end) = text.find("://") else { return text.to_owned() };
+    let Some(scheme_end) = text.find("://") else {
+        return text.to_owned();
+    };
     let rest = &text[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else { return text.to_owned() };
+    let Some(at) = authority.rfind('@') else {
+        return text.to_owned();
+    };
     let userinfo = &authority[..at];
     let user = userinfo.split(':').next().unwrap_or("");
-    let hidden = if userinfo.contains(':') { format!("{user}:{REDACTED}") } else { REDACTED.to_owned() };
+    let hidden = if userinfo.contains(':') {
+        format!("{user}:{REDACTED}")
+    } else {
+        REDACTED.to_owned()
+    };
     format!("{}://{hidden}{}", &text[..scheme_end], &rest[at..])
 }
 

@@ -55,7 +55,10 @@ pub fn render_value(value: &Value, ctx: &minijinja::Value) -> Result<Value> {
             }
         }
         Value::Array(items) => Value::Array(
-            items.iter().map(|v| render_value(v, ctx)).collect::<Result<_>>()?,
+            items
+                .iter()
+                .map(|v| render_value(v, ctx))
+                .collect::<Result<_>>()?,
         ),
         Value::Object(map) => Value::Object(
             map.iter()
@@ -88,12 +91,18 @@ pub fn check_template(template: &str) -> std::result::Result<(), String> {
     if let Some(expr) = sole_expression(template) {
         return check_expression(expr);
     }
-    env().template_from_str(template).map(|_| ()).map_err(|e| describe(&e))
+    env()
+        .template_from_str(template)
+        .map(|_| ())
+        .map_err(|e| describe(&e))
 }
 
 /// Checks the syntax of an expression.
 pub fn check_expression(expr: &str) -> std::result::Result<(), String> {
-    env().compile_expression(expr).map(|_| ()).map_err(|e| describe(&e))
+    env()
+        .compile_expression(expr)
+        .map(|_| ())
+        .map_err(|e| describe(&e))
 }
 
 /// Checks every template string inside a JSON value.
@@ -125,7 +134,11 @@ mod tests {
     #[test]
     fn sole_expression_keeps_type() {
         let ctx = context(&json!({"steps": {"a": {"output": {"city": "Oslo", "n": 3}}}}));
-        let out = render_value(&json!({"all": "{{ steps.a.output }}", "n": "{{ steps.a.output.n }}"}), &ctx).unwrap();
+        let out = render_value(
+            &json!({"all": "{{ steps.a.output }}", "n": "{{ steps.a.output.n }}"}),
+            &ctx,
+        )
+        .unwrap();
         assert_eq!(out, json!({"all": {"city": "Oslo", "n": 3}, "n": 3}));
     }
 

@@ -71,7 +71,9 @@ impl ByteSize {
     /// Parses `10MiB`, `10MB`, `10 KiB`, `123`.
     pub fn parse(text: &str) -> Option<ByteSize> {
         let t = text.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let num: f64 = num.parse().ok()?;
         let mult: u64 = match unit.trim() {
@@ -92,7 +94,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if b >= size && b % size == 0 {
+            if b >= size && b.is_multiple_of(size) {
                 return write!(f, "{}{unit}", b / size);
             }
         }
@@ -124,7 +126,9 @@ impl<'de> Deserialize<'de> for ByteSize {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 ByteSize::parse(v).ok_or_else(|| {
-                    E::custom(format!("invalid size `{v}` (use B, KB, KiB, MB, MiB, GB or GiB)"))
+                    E::custom(format!(
+                        "invalid size `{v}` (use B, KB, KiB, MB, MiB, GB or GiB)"
+                    ))
                 })
             }
         }

@@ -15,25 +15,54 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn err(&mut self, path: &str, message: impl Into<String>) {
         let origin: Option<Origin> = self.index.find(path).cloned();
-        self.diags.push(Diagnostic { origin, message: message.into() });
+        self.diags.push(Diagnostic {
+            origin,
+            message: message.into(),
+        });
     }
 }
 
 /// Every problem of a deserialized configuration, in source order of discovery.
 pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
-    let mut c = Checker { index, diags: Vec::new() };
+    let mut c = Checker {
+        index,
+        diags: Vec::new(),
+    };
     if config.version != 1 {
-        c.err("version", format!("unsupported config version {} (only 1 exists)", config.version));
+        c.err(
+            "version",
+            format!(
+                "unsupported config version {} (only 1 exists)",
+                config.version
+            ),
+        );
     }
-    if config.server.listen.parse::<std::net::SocketAddr>().is_err() {
-        c.err("server.listen", format!("`{}` is not an address like 127.0.0.1:8080", config.server.listen));
+    if config
+        .server
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_err()
+    {
+        c.err(
+            "server.listen",
+            format!(
+                "`{}` is not an address like 127.0.0.1:8080",
+                config.server.listen
+            ),
+        );
     }
     if config.engine.max_concurrency == 0 {
         c.err("engine.max_concurrency", "must be at least 1");
     }
     let url = &config.storage.url;
-    if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        c.err("storage.url", "storage.url must start with sqlite:// or postgres://");
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        c.err(
+            "storage.url",
+            "storage.url must start with sqlite:// or postgres://",
+        );
     }
     for (name, agent) in &config.agents {
         check_agent(&mut c, config, name, agent);
@@ -51,7 +80,10 @@ pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
 fn check_agent(c: &mut Checker<'_>, config: &Config, name: &str, a: &AgentConfig) {
     let path = child_key("agents", name);
     if !valid_name(name) {
-        c.err(&path, format!("agent name `{name}` may only use letters, digits, `_`, `-` and `.`"));
+        c.err(
+            &path,
+            format!("agent name `{name}` may only use letters, digits, `_`, `-` and `.`"),
+        );
     }
     let field = |f: &str| child_key(&path, f);
     let mut stray = Vec::new();
@@ -74,7 +106,11 @@ fn check_agent(c: &mut Checker<'_>, config: &Config, name: &str, a: &AgentConfig
         ("provider", a.provider.is_some(), AgentKind::Llm),
         ("model", a.model.is_some(), AgentKind::Llm),
         ("system", a.system.is_some(), AgentKind::Llm),
-        ("response_schema", a.response_schema.is_some(), AgentKind::Llm),
+        (
+            "response_schema",
+            a.response_schema.is_some(),
+            AgentKind::Llm,
+        ),
     ];
     for (f, set, kind) in owned {
         if set && kind != a.kind {
@@ -82,16 +118,28 @@ fn check_agent(c: &mut Checker<'_>, config: &Config, name: &str, a: &AgentConfig
         }
     }
     for f in stray {
-        c.err(&field(f), format!("agent `{name}`: `{f}` does not apply to kind {kind_name}"));
+        c.err(
+            &field(f),
+            format!("agent `{name}`: `{f}` does not apply to kind {kind_name}"),
+        );
     }
     match a.kind {
         AgentKind::Builtin => match a.builtin {
-            None => c.err(&field("kind"), format!("agent `{name}`: kind builtin needs `builtin: echo|template|sleep|fail`")),
+            None => c.err(
+                &field("kind"),
+                format!("agent `{name}`: kind builtin needs `builtin: echo|template|sleep|fail`"),
+            ),
             Some(BuiltinKind::Template) => match &a.template {
-                None => c.err(&field("builtin"), format!("agent `{name}`: builtin template needs `template:`")),
+                None => c.err(
+                    &field("builtin"),
+                    format!("agent `{name}`: builtin template needs `template:`"),
+                ),
                 Some(t) => {
                     if let Err(e) = template::check_template(t) {
-                        c.err(&field("template"), format!("agent `{name}`: invalid template: {e}"));
+                        c.err(
+                            &field("template"),
+                            format!("agent `{name}`: invalid template: {e}"),
+                        );
                     }
                 }
             },
@@ -100,121 +148,230 @@ fn check_agent(c: &mut Checker<'_>, config: &Config, name: &str, a: &AgentConfig
         AgentKind::Http => {
             for (i, ep) in a.endpoints.iter().enumerate() {
                 if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                    c.err(&child_index(&field("endpoints"), i), format!("agent `{name}`: endpoint `{ep}` must be an http:// or https:// URL"));
+                    c.err(
+                        &child_index(&field("endpoints"), i),
+                        format!(
+                            "agent `{name}`: endpoint `{ep}` must be an http:// or https:// URL"
+                        ),
+                    );
                 }
             }
         }
         AgentKind::Command => {
             if a.command.is_empty() {
-                c.err(&field("kind"), format!("agent `{name}`: kind command needs `command: [program, args…]`"));
+                c.err(
+                    &field("kind"),
+                    format!("agent `{name}`: kind command needs `command: [program, args…]`"),
+                );
             }
         }
         AgentKind::Llm => {
             match &a.provider {
-                None => c.err(&field("kind"), format!("agent `{name}`: kind llm needs `provider:`")),
+                None => c.err(
+                    &field("kind"),
+                    format!("agent `{name}`: kind llm needs `provider:`"),
+                ),
                 Some(p) if !config.llm.providers.contains_key(p) => c.err(
                     &field("provider"),
-                    format!("agent `{name}`: unknown provider `{p}` (known: {})", known(config.llm.providers.keys())),
+                    format!(
+                        "agent `{name}`: unknown provider `{p}` (known: {})",
+                        known(config.llm.providers.keys())
+                    ),
                 ),
                 Some(_) => {}
             }
             if a.model.is_none() {
-                c.err(&field("kind"), format!("agent `{name}`: kind llm needs `model:`"));
+                c.err(
+                    &field("kind"),
+                    format!("agent `{name}`: kind llm needs `model:`"),
+                );
             }
             if let Some(schema) = &a.response_schema
                 && let Err(e) = jsonschema::validator_for(schema)
             {
-                c.err(&field("response_schema"), format!("agent `{name}`: invalid JSON Schema: {e}"));
+                c.err(
+                    &field("response_schema"),
+                    format!("agent `{name}`: invalid JSON Schema: {e}"),
+                );
             }
         }
     }
     if let Some(rate) = a.failure_rate
         && !(0.0..=1.0).contains(&rate)
     {
-        c.err(&field("failure_rate"), "failure_rate must be between 0 and 1");
+        c.err(
+            &field("failure_rate"),
+            "failure_rate must be between 0 and 1",
+        );
     }
     if a.max_concurrency == Some(0) {
-        c.err(&field("max_concurrency"), "max_concurrency must be at least 1");
+        c.err(
+            &field("max_concurrency"),
+            "max_concurrency must be at least 1",
+        );
     }
     if a.circuit_breaker.failure_threshold == 0 || a.circuit_breaker.half_open_successes == 0 {
-        c.err(&field("circuit_breaker"), "circuit breaker thresholds must be at least 1");
+        c.err(
+            &field("circuit_breaker"),
+            "circuit breaker thresholds must be at least 1",
+        );
     }
 }
 
-fn check_workflow(c: &mut Checker<'_>, config: &Config, caps: &BTreeSet<&str>, name: &str, wf: &Workflow) {
+fn check_workflow(
+    c: &mut Checker<'_>,
+    config: &Config,
+    caps: &BTreeSet<&str>,
+    name: &str,
+    wf: &Workflow,
+) {
     let path = child_key("workflows", name);
     if !valid_name(name) {
-        c.err(&path, format!("workflow name `{name}` may only use letters, digits, `_`, `-` and `.`"));
+        c.err(
+            &path,
+            format!("workflow name `{name}` may only use letters, digits, `_`, `-` and `.`"),
+        );
     }
     if wf.steps.is_empty() {
-        c.err(&child_key(&path, "steps"), format!("workflow `{name}` has no steps"));
+        c.err(
+            &child_key(&path, "steps"),
+            format!("workflow `{name}` has no steps"),
+        );
     }
     if let Some(schema) = &wf.input_schema
         && let Err(e) = jsonschema::validator_for(schema)
     {
-        c.err(&child_key(&path, "input_schema"), format!("workflow `{name}`: invalid JSON Schema: {e}"));
+        c.err(
+            &child_key(&path, "input_schema"),
+            format!("workflow `{name}`: invalid JSON Schema: {e}"),
+        );
     }
     if let Some(out) = &wf.output
         && let Err(e) = template::check_value(out)
     {
-        c.err(&child_key(&path, "output"), format!("workflow `{name}`: invalid output template: {e}"));
+        c.err(
+            &child_key(&path, "output"),
+            format!("workflow `{name}`: invalid output template: {e}"),
+        );
     }
     let mut ids: HashMap<&str, usize> = HashMap::new();
     for (i, step) in wf.steps.iter().enumerate() {
         let sp = child_index(&child_key(&path, "steps"), i);
         if !valid_name(&step.id) {
-            c.err(&child_key(&sp, "id"), format!("step id `{}` may only use letters, digits, `_`, `-` and `.`", step.id));
+            c.err(
+                &child_key(&sp, "id"),
+                format!(
+                    "step id `{}` may only use letters, digits, `_`, `-` and `.`",
+                    step.id
+                ),
+            );
         }
         if ids.insert(step.id.as_str(), i).is_some() {
-            c.err(&child_key(&sp, "id"), format!("workflow `{name}` has two steps with id `{}`", step.id));
+            c.err(
+                &child_key(&sp, "id"),
+                format!("workflow `{name}` has two steps with id `{}`", step.id),
+            );
         }
     }
     for (i, step) in wf.steps.iter().enumerate() {
         let sp = child_index(&child_key(&path, "steps"), i);
         let f = |x: &str| child_key(&sp, x);
         let id = &step.id;
-        check_target(c, config, caps, &sp, &format!("step `{id}`"), step.agent.as_deref(), step.capability.as_deref());
+        check_target(
+            c,
+            config,
+            caps,
+            &sp,
+            &format!("step `{id}`"),
+            step.agent.as_deref(),
+            step.capability.as_deref(),
+        );
         for (j, need) in step.needs.iter().enumerate() {
             if need == id {
-                c.err(&child_index(&f("needs"), j), format!("step `{id}` needs itself"));
+                c.err(
+                    &child_index(&f("needs"), j),
+                    format!("step `{id}` needs itself"),
+                );
             } else if !ids.contains_key(need.as_str()) {
-                c.err(&child_index(&f("needs"), j), format!("step `{id}` needs unknown step `{need}` (steps: {})", known(ids.keys())));
+                c.err(
+                    &child_index(&f("needs"), j),
+                    format!(
+                        "step `{id}` needs unknown step `{need}` (steps: {})",
+                        known(ids.keys())
+                    ),
+                );
             }
         }
         if let Some(when) = &step.when
             && let Err(e) = template::check_expression(when)
         {
-            c.err(&f("when"), format!("step `{id}`: invalid `when` expression: {e}"));
+            c.err(
+                &f("when"),
+                format!("step `{id}`: invalid `when` expression: {e}"),
+            );
         }
-        for (field, text) in [("prompt", &step.prompt), ("instructions", &step.instructions)] {
+        for (field, text) in [
+            ("prompt", &step.prompt),
+            ("instructions", &step.instructions),
+        ] {
             if let Some(t) = text
                 && let Err(e) = template::check_template(t)
             {
-                c.err(&f(field), format!("step `{id}`: invalid {field} template: {e}"));
+                c.err(
+                    &f(field),
+                    format!("step `{id}`: invalid {field} template: {e}"),
+                );
             }
         }
         if let Some(input) = &step.input
             && let Err(e) = template::check_value(input)
         {
-            c.err(&f("input"), format!("step `{id}`: invalid input template: {e}"));
+            c.err(
+                &f("input"),
+                format!("step `{id}`: invalid input template: {e}"),
+            );
         }
         if let Some(r) = &step.retry {
             if r.attempts == 0 {
-                c.err(&child_key(&f("retry"), "attempts"), format!("step `{id}`: retry.attempts must be at least 1"));
+                c.err(
+                    &child_key(&f("retry"), "attempts"),
+                    format!("step `{id}`: retry.attempts must be at least 1"),
+                );
             }
             if r.multiplier < 1.0 {
-                c.err(&child_key(&f("retry"), "multiplier"), format!("step `{id}`: retry.multiplier must be at least 1"));
+                c.err(
+                    &child_key(&f("retry"), "multiplier"),
+                    format!("step `{id}`: retry.multiplier must be at least 1"),
+                );
             }
         }
         if let Some(comp) = &step.compensate {
-            let agent = comp.agent.as_deref().or(if comp.capability.is_none() { step.agent.as_deref() } else { None });
-            check_target(c, config, caps, &f("compensate"), &format!("compensation of step `{id}`"), agent, comp.capability.as_deref());
+            let agent = comp.agent.as_deref().or(if comp.capability.is_none() {
+                step.agent.as_deref()
+            } else {
+                None
+            });
+            check_target(
+                c,
+                config,
+                caps,
+                &f("compensate"),
+                &format!("compensation of step `{id}`"),
+                agent,
+                comp.capability.as_deref(),
+            );
         }
     }
     if let Some(cycle) = find_cycle(wf) {
         let first = ids.get(cycle[0].as_str()).copied().unwrap_or(0);
         let sp = child_index(&child_key(&path, "steps"), first);
-        c.err(&child_key(&sp, "needs"), format!("workflow `{name}` has a dependency cycle: {}", cycle.join(" -> ")));
+        c.err(
+            &child_key(&sp, "needs"),
+            format!(
+                "workflow `{name}` has a dependency cycle: {}",
+                cycle.join(" -> ")
+            ),
+        );
     }
 }
 
@@ -228,11 +385,17 @@ fn check_target(
     capability: Option<&str>,
 ) {
     match (agent, capability) {
-        (Some(_), Some(_)) => c.err(path, format!("{what} sets both `agent` and `capability`; choose one")),
+        (Some(_), Some(_)) => c.err(
+            path,
+            format!("{what} sets both `agent` and `capability`; choose one"),
+        ),
         (None, None) => c.err(path, format!("{what} needs `agent:` or `capability:`")),
         (Some(a), None) if !config.agents.contains_key(a) => c.err(
             &child_key(path, "agent"),
-            format!("{what} uses unknown agent `{a}` (agents: {})", known(config.agents.keys())),
+            format!(
+                "{what} uses unknown agent `{a}` (agents: {})",
+                known(config.agents.keys())
+            ),
         ),
         (None, Some(cap)) if !caps.contains(cap) => c.err(
             &child_key(path, "capability"),
@@ -244,7 +407,12 @@ fn check_target(
 
 /// A dependency cycle as a list of step ids (first repeated at the end), if any.
 pub fn find_cycle(wf: &Workflow) -> Option<Vec<String>> {
-    let ids: BTreeMap<&str, usize> = wf.steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let ids: BTreeMap<&str, usize> = wf
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
     let n = wf.steps.len();
     // 0 unvisited, 1 on stack, 2 done
     let mut color = vec![0u8; n];
@@ -259,10 +427,15 @@ pub fn find_cycle(wf: &Workflow) -> Option<Vec<String>> {
         color[v] = 1;
         stack.push(v);
         for need in &wf.steps[v].needs {
-            let Some(&u) = ids.get(need.as_str()) else { continue };
+            let Some(&u) = ids.get(need.as_str()) else {
+                continue;
+            };
             if color[u] == 1 {
                 let start = stack.iter().position(|&x| x == u).unwrap_or(0);
-                let mut cycle: Vec<String> = stack[start..].iter().map(|&i| wf.steps[i].id.clone()).collect();
+                let mut cycle: Vec<String> = stack[start..]
+                    .iter()
+                    .map(|&i| wf.steps[i].id.clone())
+                    .collect();
                 cycle.push(wf.steps[u].id.clone());
                 return Some(cycle);
             }
@@ -276,14 +449,26 @@ pub fn find_cycle(wf: &Workflow) -> Option<Vec<String>> {
         color[v] = 2;
         None
     }
-    (0..n).find_map(|v| if color[v] == 0 { dfs(v, wf, &ids, &mut color, &mut stack) } else { None })
+    (0..n).find_map(|v| {
+        if color[v] == 0 {
+            dfs(v, wf, &ids, &mut color, &mut stack)
+        } else {
+            None
+        }
+    })
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn known<'a>(names: impl Iterator<Item = &'a (impl AsRef<str> + 'a + ?Sized)>) -> String {
     let v: Vec<&str> = names.map(|n| n.as_ref()).collect();
-    if v.is_empty() { "none".into() } else { v.join(", ") }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
 }

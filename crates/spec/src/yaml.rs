@@ -45,7 +45,11 @@ impl SpanIndex {
 
 /// Joins a map key onto a path.
 pub fn child_key(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// Joins a sequence index onto a path.
@@ -144,7 +148,10 @@ impl Walker<'_, '_> {
                                 format!("malformed interpolation `{expr}`")
                             }
                         };
-                        self.diags.push(Diagnostic { origin: Some(self.origin(&span)), message });
+                        self.diags.push(Diagnostic {
+                            origin: Some(self.origin(&span)),
+                            message,
+                        });
                         String::new()
                     }
                 };
@@ -271,18 +278,22 @@ mod tests {
         let (v, idx) = parse("f.yaml", text, &no_env).unwrap();
         assert_eq!(v["server"]["listen"], "0.0.0.0:8080");
         assert_eq!(v["steps"][0]["n"], 3);
+        assert_eq!(idx.find("steps[1].id").unwrap().to_string(), "f.yaml:6:5",);
         assert_eq!(
-            idx.find("steps[1].id").unwrap().to_string(),
-            "f.yaml:6:5",
+            idx.find("steps[1].id.deeper").unwrap().to_string(),
+            "f.yaml:6:5"
         );
-        assert_eq!(idx.find("steps[1].id.deeper").unwrap().to_string(), "f.yaml:6:5");
     }
 
     #[test]
     fn missing_variable_points_at_value() {
         let err = parse("c.yaml", "a: 1\nb: \"${NOPE}\"\n", &no_env).unwrap_err();
         assert_eq!(err.len(), 1);
-        assert!(err[0].to_string().starts_with("c.yaml:2:4: environment variable `NOPE`"));
+        assert!(
+            err[0]
+                .to_string()
+                .starts_with("c.yaml:2:4: environment variable `NOPE`")
+        );
     }
 
     #[test]

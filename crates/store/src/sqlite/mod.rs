@@ -29,7 +29,10 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { durable: true, read_pool: 4 }
+        Self {
+            durable: true,
+            read_pool: 4,
+        }
     }
 }
 
@@ -45,7 +48,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -67,7 +72,9 @@ pub fn path_from_url(url: &str) -> Result<PathBuf> {
 fn open_conn(path: &Path, durable: bool) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -91,7 +98,11 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)?;
         }
         let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
         if lock.try_lock().is_err() {
             return Err(StoreError::Locked(format!(
                 "database {} is in use by another flotilla process (lock {} is held); \
@@ -121,10 +132,17 @@ impl SqliteStore {
     }
 
     fn send(&self, job: Job) -> Result<()> {
-        self.jobs.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)
+        self.jobs
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(job)
+            .map_err(|_| StoreError::Closed)
     }
 
-    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let readers = self.readers.clone();
         let path = self.path.clone();
         let durable = self.options.durable;
@@ -169,7 +187,7 @@ impl Store for SqliteStore {
 
     async fn create_run(&self, run: NewRun) -> Result<CreateOutcome> {
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Create(run, tx))?;
+        self.send(Job::Create(Box::new(run), tx))?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -210,7 +228,11 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?)).await
+        self.read(|c| {
+            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())?)
+        })
+        .await
     }
 
     fn backend(&self) -> &'static str {

@@ -6,7 +6,8 @@ use serde_json::Value;
 use crate::record::{EventRecord, RunKind, RunQuery, RunRecord, RunStatus, StepRecord, StepStatus};
 use crate::{Result, StoreError};
 
-const RUN_COLUMNS: &str = "id, kind, workflow, definition_hash, status, priority, input, metadata, output, error,
+const RUN_COLUMNS: &str =
+    "id, kind, workflow, definition_hash, status, priority, input, metadata, output, error,
                            created_at, updated_at, finished_at, deadline_at";
 
 fn json(text: Option<String>) -> Result<Option<Value>> {
@@ -40,7 +41,10 @@ fn run_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, [Option<String>; 3])> 
     ))
 }
 
-fn finish_run(conn: &Connection, (mut run, [input, metadata, output]): (RunRecord, [Option<String>; 3])) -> Result<RunRecord> {
+fn finish_run(
+    conn: &Connection,
+    (mut run, [input, metadata, output]): (RunRecord, [Option<String>; 3]),
+) -> Result<RunRecord> {
     run.input = json(input)?.unwrap_or(Value::Null);
     run.metadata = json(metadata)?.unwrap_or(Value::Null);
     run.output = json(output)?;
@@ -64,7 +68,12 @@ pub(crate) fn list(conn: &Connection, q: &RunQuery) -> Result<Vec<RunRecord>> {
     ))?;
     let rows = stmt
         .query_map(
-            params![q.workflow, q.status.map(RunStatus::as_str), q.before, q.limit.max(1)],
+            params![
+                q.workflow,
+                q.status.map(RunStatus::as_str),
+                q.before,
+                q.limit.max(1)
+            ],
             run_row,
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -75,7 +84,9 @@ pub(crate) fn unfinished(conn: &Connection) -> Result<Vec<RunRecord>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running') ORDER BY id"
     ))?;
-    let rows = stmt.query_map([], run_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows = stmt
+        .query_map([], run_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter().map(|r| finish_run(conn, r)).collect()
 }
 
@@ -97,17 +108,20 @@ fn steps(conn: &Connection, run_id: &str) -> Result<Vec<StepRecord>> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
-        .map(|(step_id, status, attempts, output, error, started_at, finished_at)| {
-            Ok(StepRecord {
-                step_id,
-                status: StepStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("step status {status}")))?,
-                attempts,
-                output: json(output)?,
-                error,
-                started_at,
-                finished_at,
-            })
-        })
+        .map(
+            |(step_id, status, attempts, output, error, started_at, finished_at)| {
+                Ok(StepRecord {
+                    step_id,
+                    status: StepStatus::parse(&status)
+                        .ok_or_else(|| StoreError::Corrupt(format!("step status {status}")))?,
+                    attempts,
+                    output: json(output)?,
+                    error,
+                    started_at,
+                    finished_at,
+                })
+            },
+        )
         .collect()
 }
 
@@ -124,12 +138,25 @@ pub(crate) fn events(conn: &Connection, run_id: &str, after: i64) -> Result<Vec<
     )?;
     let rows = stmt
         .query_map(params![run_id, after], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, String>(4)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
         .map(|(seq, at, kind, step_id, data)| {
-            Ok(EventRecord { run_id: run_id.to_owned(), seq, at, kind, step_id, data: json(Some(data))?.unwrap_or(Value::Null) })
+            Ok(EventRecord {
+                run_id: run_id.to_owned(),
+                seq,
+                at,
+                kind,
+                step_id,
+                data: json(Some(data))?.unwrap_or(Value::Null),
+            })
         })
         .collect()
 }

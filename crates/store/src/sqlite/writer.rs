@@ -10,7 +10,7 @@ use crate::{Result, StoreError};
 
 /// Work for the writer.
 pub(crate) enum Job {
-    Create(NewRun, oneshot::Sender<Result<CreateOutcome>>),
+    Create(Box<NewRun>, oneshot::Sender<Result<CreateOutcome>>),
     Commit(Vec<Write>, Option<oneshot::Sender<Result<()>>>),
     Migrate(oneshot::Sender<Result<()>>),
 }
@@ -38,7 +38,10 @@ pub(crate) fn run(mut conn: Connection, rx: Receiver<Job>) {
 }
 
 enum Reply {
-    Create(oneshot::Sender<Result<CreateOutcome>>, Result<CreateOutcome>),
+    Create(
+        oneshot::Sender<Result<CreateOutcome>>,
+        Result<CreateOutcome>,
+    ),
     Unit(oneshot::Sender<Result<()>>, Result<()>),
 }
 
@@ -130,7 +133,12 @@ fn create(tx: &rusqlite::Transaction<'_>, run: &NewRun) -> Result<CreateOutcome>
         "INSERT INTO definitions (hash, workflow, body, created_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(hash) DO NOTHING",
     )?
-    .execute(params![run.definition_hash, run.workflow, run.definition, run.created_at])?;
+    .execute(params![
+        run.definition_hash,
+        run.workflow,
+        run.definition,
+        run.created_at
+    ])?;
     tx.prepare_cached(
         "INSERT INTO runs (id, kind, workflow, definition_hash, status, priority, input, metadata,
                            idempotency_key, created_at, updated_at, deadline_at)
@@ -173,7 +181,13 @@ fn apply(tx: &rusqlite::Transaction<'_>, writes: &[Write]) -> Result<()> {
                     step.finished_at,
                 ])?;
             }
-            Write::Run { run_id, status, output, error, at } => {
+            Write::Run {
+                run_id,
+                status,
+                output,
+                error,
+                at,
+            } => {
                 let finished = status.is_terminal().then_some(*at);
                 tx.prepare_cached(
                     "UPDATE runs SET status = ?2, output = COALESCE(?3, output), error = COALESCE(?4, error),

@@ -33,23 +33,35 @@ fn step(id: &str, status: StepStatus) -> StepRecord {
 
 pub async fn create_and_read_back(store: &dyn Store) {
     store.migrate().await.unwrap();
-    assert_eq!(store.create_run(new_run("r1", None)).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(
+        store.create_run(new_run("r1", None)).await.unwrap(),
+        CreateOutcome::Created
+    );
     let run = store.run("r1").await.unwrap().expect("stored");
     assert_eq!(run.status, RunStatus::Queued);
     assert_eq!(run.input, json!({"city": "Oslo"}));
     assert!(run.steps.is_empty());
-    assert_eq!(store.definition("h1").await.unwrap().as_deref(), Some("{\"steps\":[]}"));
+    assert_eq!(
+        store.definition("h1").await.unwrap().as_deref(),
+        Some("{\"steps\":[]}")
+    );
     assert!(store.run("nope").await.unwrap().is_none());
 }
 
 pub async fn idempotency_key_finds_first_run(store: &dyn Store) {
     store.migrate().await.unwrap();
-    assert_eq!(store.create_run(new_run("a", Some("k"))).await.unwrap(), CreateOutcome::Created);
+    assert_eq!(
+        store.create_run(new_run("a", Some("k"))).await.unwrap(),
+        CreateOutcome::Created
+    );
     assert_eq!(
         store.create_run(new_run("b", Some("k"))).await.unwrap(),
         CreateOutcome::Existing("a".into())
     );
-    assert!(store.run("b").await.unwrap().is_none(), "nothing half-stored");
+    assert!(
+        store.run("b").await.unwrap().is_none(),
+        "nothing half-stored"
+    );
 }
 
 pub async fn transitions_and_recovery_view(store: &dyn Store) {
@@ -58,8 +70,17 @@ pub async fn transitions_and_recovery_view(store: &dyn Store) {
     store.create_run(new_run("r2", None)).await.unwrap();
     store
         .commit(vec![
-            Write::Run { run_id: "r1".into(), status: RunStatus::Running, output: None, error: None, at: 5 },
-            Write::Step { run_id: "r1".into(), step: step("a", StepStatus::Succeeded) },
+            Write::Run {
+                run_id: "r1".into(),
+                status: RunStatus::Running,
+                output: None,
+                error: None,
+                at: 5,
+            },
+            Write::Step {
+                run_id: "r1".into(),
+                step: step("a", StepStatus::Succeeded),
+            },
             Write::Event(EventRecord {
                 run_id: "r1".into(),
                 seq: 1,
@@ -68,7 +89,13 @@ pub async fn transitions_and_recovery_view(store: &dyn Store) {
                 step_id: Some("a".into()),
                 data: json!({}),
             }),
-            Write::Run { run_id: "r2".into(), status: RunStatus::Succeeded, output: Some(json!(1)), error: None, at: 6 },
+            Write::Run {
+                run_id: "r2".into(),
+                status: RunStatus::Succeeded,
+                output: Some(json!(1)),
+                error: None,
+                at: 6,
+            },
         ])
         .await
         .unwrap();
@@ -89,15 +116,35 @@ pub async fn list_pages_newest_first(store: &dyn Store) {
     for id in ["01", "02", "03"] {
         store.create_run(new_run(id, None)).await.unwrap();
     }
-    let page = store.list_runs(&RunQuery { limit: 2, ..Default::default() }).await.unwrap();
-    assert_eq!(page.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["03", "02"]);
-    let next = store
-        .list_runs(&RunQuery { limit: 2, before: Some("02".into()), ..Default::default() })
+    let page = store
+        .list_runs(&RunQuery {
+            limit: 2,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(next.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["01"]);
+    assert_eq!(
+        page.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["03", "02"]
+    );
+    let next = store
+        .list_runs(&RunQuery {
+            limit: 2,
+            before: Some("02".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["01"]
+    );
     let none = store
-        .list_runs(&RunQuery { limit: 5, status: Some(RunStatus::Failed), ..Default::default() })
+        .list_runs(&RunQuery {
+            limit: 5,
+            status: Some(RunStatus::Failed),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(none.is_empty());
@@ -106,8 +153,17 @@ pub async fn list_pages_newest_first(store: &dyn Store) {
 pub async fn enqueued_writes_land_before_later_commits(store: &dyn Store) {
     store.migrate().await.unwrap();
     store.create_run(new_run("r", None)).await.unwrap();
-    store.enqueue(vec![Write::Step { run_id: "r".into(), step: step("a", StepStatus::Running) }]);
-    store.commit(vec![Write::Step { run_id: "r".into(), step: step("b", StepStatus::Succeeded) }]).await.unwrap();
+    store.enqueue(vec![Write::Step {
+        run_id: "r".into(),
+        step: step("a", StepStatus::Running),
+    }]);
+    store
+        .commit(vec![Write::Step {
+            run_id: "r".into(),
+            step: step("b", StepStatus::Succeeded),
+        }])
+        .await
+        .unwrap();
     let run = store.run("r").await.unwrap().unwrap();
     assert_eq!(run.steps.len(), 2);
 }

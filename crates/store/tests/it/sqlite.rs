@@ -7,7 +7,9 @@ use crate::behaviour;
 async fn fresh() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap();
+    let store = SqliteStore::open(&url, SqliteOptions::default())
+        .await
+        .unwrap();
     (dir, store)
 }
 
@@ -33,10 +35,17 @@ behaviour_tests!(
 async fn second_process_is_refused_by_the_lock() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let _first = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap();
-    let err = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap_err();
+    let _first = SqliteStore::open(&url, SqliteOptions::default())
+        .await
+        .unwrap();
+    let err = SqliteStore::open(&url, SqliteOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Locked(_)), "{err}");
-    assert!(err.to_string().contains("in use by another flotilla process"));
+    assert!(
+        err.to_string()
+            .contains("in use by another flotilla process")
+    );
 }
 
 #[tokio::test]
@@ -44,17 +53,26 @@ async fn data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     {
-        let store = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap();
+        let store = SqliteStore::open(&url, SqliteOptions::default())
+            .await
+            .unwrap();
         store.migrate().await.unwrap();
-        store.create_run(behaviour::new_run("r", None)).await.unwrap();
+        store
+            .create_run(behaviour::new_run("r", None))
+            .await
+            .unwrap();
     }
-    let store = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap();
+    let store = SqliteStore::open(&url, SqliteOptions::default())
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     assert!(store.run("r").await.unwrap().is_some());
 }
 
 #[tokio::test]
 async fn memory_urls_are_refused_with_a_reason() {
-    let err = SqliteStore::open("sqlite::memory:", SqliteOptions::default()).await.unwrap_err();
+    let err = SqliteStore::open("sqlite::memory:", SqliteOptions::default())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not durable"), "{err}");
 }

@@ -1,0 +1,757 @@
+//! The engine's public face: submit, execute, wait, cancel, inspect, recover, shut down.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_spec::{Config, Priority, Step, Workflow};
+use flotilla_store::{
+    CreateOutcome, EventRecord, NewRun, RunKind, RunQuery, RunRecord, RunStatus, StepStatus, Store,
+};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::clock::now_ms;
+use crate::driver::{Control, Driver};
+use crate::error::{EngineError, Result};
+use crate::gate::Gate;
+use crate::metrics::Metrics;
+use crate::registry::{AgentStatus, Registration, RegistrationError, Registry};
+use crate::scheduler::{self, Dag, RunState};
+
+/// A workflow ready to run: its definition, graph and input validator.
+pub(crate) struct Compiled {
+    pub name: String,
+    pub workflow: Workflow,
+    pub hash: String,
+    pub json: String,
+    pub dag: Dag,
+    schema: Option<jsonschema::Validator>,
+}
+
+impl Compiled {
+    fn new(name: &str, workflow: Workflow) -> Result<Arc<Compiled>> {
+        let schema = match &workflow.input_schema {
+            Some(s) => Some(
+                jsonschema::validator_for(s)
+                    .map_err(|e| EngineError::Definition(name.to_owned(), e.to_string()))?,
+            ),
+            None => None,
+        };
+        let json = serde_json::to_string(&workflow).expect("a workflow always serializes");
+        Ok(Arc::new(Compiled {
+            name: name.to_owned(),
+            hash: workflow.definition_hash(),
+            dag: Dag::new(&workflow),
+            json,
+            workflow,
+            schema,
+        }))
+    }
+}
+
+/// How a run ended, for those waiting on it in this process.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Final status.
+    pub status: RunStatus,
+    /// Output, when succeeded.
+    pub output: Option<Value>,
+    /// Error kind of the failing call (`agent_error`, `timeout`, `unavailable`), when failed.
+    pub error_kind: Option<&'static str>,
+    /// Error message, when not succeeded.
+    pub error: Option<String>,
+    /// The agent that served the last call.
+    pub agent: Option<String>,
+}
+
+pub(crate) struct RunHandle {
+    pub control: mpsc::UnboundedSender<Control>,
+    pub done: watch::Receiver<Option<Arc<RunOutcome>>>,
+    pub task: Option<AbortHandle>,
+}
+
+/// State shared by the engine and its run drivers.
+pub(crate) struct Shared {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    pub gate: Arc<Gate>,
+    pub workflows: HashMap<String, Arc<Compiled>>,
+    pub definitions: Mutex<HashMap<String, Arc<Compiled>>>,
+    pub runs: Mutex<HashMap<String, RunHandle>>,
+    pub events: broadcast::Sender<EventRecord>,
+    pub accepting: AtomicBool,
+    pub idle: tokio::sync::Notify,
+}
+
+impl Shared {
+    pub(crate) fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunHandle>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request to start a workflow run.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    /// Run input.
+    pub input: Value,
+    /// Overrides the workflow's priority.
+    pub priority: Option<Priority>,
+    /// Free-form caller metadata.
+    pub metadata: Value,
+    /// `Idempotency-Key`: a second submission with the same key returns the first run.
+    pub idempotency_key: Option<String>,
+}
+
+/// An accepted submission.
+#[derive(Debug, Clone, Serialize)]
+pub struct Submitted {
+    /// Run id.
+    pub run_id: String,
+    /// Status at acceptance.
+    pub status: RunStatus,
+    /// Whether the idempotency key matched an earlier run.
+    #[serde(skip)]
+    pub existing: bool,
+}
+
+/// A one-step task (`POST /api/v1/execute`).
+#[derive(Debug, Clone, Default)]
+pub struct TaskRequest {
+    /// Agent by name…
+    pub agent: Option<String>,
+    /// …or any agent offering this capability.
+    pub capability: Option<String>,
+    /// Action name (default `execute`).
+    pub action: Option<String>,
+    /// Input.
+    pub input: Value,
+    /// Instructions, passed verbatim.
+    pub instructions: Option<String>,
+    /// Priority.
+    pub priority: Option<Priority>,
+    /// Attempt timeout.
+    pub timeout: Option<Duration>,
+    /// Metadata.
+    pub metadata: Value,
+}
+
+/// A finished (or timed out) task.
+#[derive(Debug, Clone)]
+pub struct TaskResult {
+    /// Task id (a run id).
+    pub task_id: String,
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// Milliseconds from submission to end.
+    pub duration_ms: u64,
+}
+
+/// A run as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    /// Run id.
+    pub id: String,
+    /// `workflow` or `task`.
+    pub kind: RunKind,
+    /// Workflow name.
+    pub workflow: String,
+    /// Status.
+    pub status: RunStatus,
+    /// Priority.
+    pub priority: String,
+    /// Input.
+    pub input: Value,
+    /// Metadata.
+    pub metadata: Value,
+    /// Output.
+    pub output: Option<Value>,
+    /// Error.
+    pub error: Option<String>,
+    /// Pinned definition hash.
+    pub definition_hash: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+    /// Every step of the definition, in declaration order.
+    pub steps: Vec<StepView>,
+}
+
+/// A step as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepView {
+    /// Step id.
+    pub id: String,
+    /// Status.
+    pub status: StepStatus,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Output.
+    pub output: Option<Value>,
+    /// Last error.
+    pub error: Option<String>,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+}
+
+/// The engine.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    prober: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Engine {
+    /// Builds the engine over a migrated store and resumes every unfinished run.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Engine> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| EngineError::BadRequest(format!("building the HTTP client: {e}")))?;
+        let mut workflows = HashMap::new();
+        let mut definitions = HashMap::new();
+        for (name, wf) in &config.workflows {
+            let c = Compiled::new(name, wf.clone())?;
+            definitions.insert(c.hash.clone(), c.clone());
+            workflows.insert(name.clone(), c);
+        }
+        let (events, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            registry: Registry::new(&config, client, metrics.clone()),
+            gate: Gate::new(
+                config.engine.max_concurrency as usize,
+                metrics.queue_length.clone(),
+            ),
+            config,
+            store,
+            metrics,
+            workflows,
+            definitions: Mutex::new(definitions),
+            runs: Mutex::new(HashMap::new()),
+            events,
+            accepting: AtomicBool::new(true),
+            idle: tokio::sync::Notify::new(),
+        });
+        let engine = Engine {
+            shared,
+            prober: Arc::new(Mutex::new(None)),
+        };
+        engine.start_prober();
+        engine.recover().await?;
+        Ok(engine)
+    }
+
+    fn start_prober(&self) {
+        let shared = Arc::downgrade(&self.shared);
+        let every = self
+            .shared
+            .config
+            .engine
+            .health_interval
+            .0
+            .max(Duration::from_millis(100));
+        let handle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.registry.probe().await;
+            }
+        });
+        *self.prober.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+    }
+
+    async fn recover(&self) -> Result<()> {
+        let runs = self.shared.store.unfinished_runs().await?;
+        if !runs.is_empty() {
+            tracing::info!(count = runs.len(), "resuming unfinished runs");
+        }
+        for record in runs {
+            let compiled = self
+                .definition(&record.definition_hash, &record.workflow)
+                .await?;
+            let dag = &compiled.dag;
+            let pos = |id: &str| dag.ids.iter().position(|s| s == id);
+            let state = scheduler::restore(
+                dag,
+                record
+                    .steps
+                    .iter()
+                    .filter_map(|s| pos(&s.step_id).map(|i| (i, s.status, s.attempts))),
+            );
+            let seq = self
+                .shared
+                .store
+                .events(&record.id, 0)
+                .await?
+                .last()
+                .map_or(0, |e| e.seq);
+            let priority = parse_priority(&record.priority);
+            let mut driver = Driver::new(
+                self.shared.clone(),
+                compiled.clone(),
+                &record,
+                priority,
+                state,
+                seq,
+            );
+            for s in &record.steps {
+                if let Some(i) = pos(&s.step_id) {
+                    driver.restore_step(i, s);
+                }
+            }
+            self.spawn(record.id.clone(), driver);
+        }
+        Ok(())
+    }
+
+    async fn definition(&self, hash: &str, workflow: &str) -> Result<Arc<Compiled>> {
+        if let Some(c) = self
+            .shared
+            .definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+        {
+            return Ok(c.clone());
+        }
+        let json = self
+            .shared
+            .store
+            .definition(hash)
+            .await?
+            .ok_or_else(|| EngineError::Definition(hash.to_owned(), "missing".into()))?;
+        let wf: Workflow = serde_json::from_str(&json)
+            .map_err(|e| EngineError::Definition(hash.to_owned(), e.to_string()))?;
+        let c = Compiled::new(workflow, wf)?;
+        self.shared
+            .definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    fn spawn(&self, run_id: String, driver: Driver) {
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (done_tx, done) = watch::channel(None);
+        let mut runs = self.shared.runs();
+        runs.insert(
+            run_id.clone(),
+            RunHandle {
+                control,
+                done,
+                task: None,
+            },
+        );
+        let task = tokio::spawn(driver.run(control_rx, done_tx));
+        if let Some(h) = runs.get_mut(&run_id) {
+            h.task = Some(task.abort_handle());
+        }
+    }
+
+    /// Starts a run of a configured workflow; returns once the run is durably accepted.
+    pub async fn submit(&self, workflow: &str, sub: Submission) -> Result<Submitted> {
+        let compiled = self
+            .shared
+            .workflows
+            .get(workflow)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownWorkflow(workflow.to_owned()))?;
+        if let Some(schema) = &compiled.schema {
+            let problems: Vec<String> = schema
+                .iter_errors(&sub.input)
+                .map(|e| {
+                    let at = e.instance_path().to_string();
+                    format!("{}: {e}", if at.is_empty() { "/".to_owned() } else { at })
+                })
+                .collect();
+            if !problems.is_empty() {
+                return Err(EngineError::InvalidInput(problems));
+            }
+        }
+        let priority = sub
+            .priority
+            .or(compiled.workflow.priority)
+            .unwrap_or_default();
+        self.start_run(compiled, RunKind::Workflow, sub, priority)
+            .await
+    }
+
+    async fn start_run(
+        &self,
+        compiled: Arc<Compiled>,
+        kind: RunKind,
+        sub: Submission,
+        priority: Priority,
+    ) -> Result<Submitted> {
+        if !self.shared.accepting.load(Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let now = now_ms();
+        let id = uuid::Uuid::now_v7().to_string();
+        let metadata = if sub.metadata.is_null() {
+            Value::Object(Default::default())
+        } else {
+            sub.metadata
+        };
+        let new = NewRun {
+            id: id.clone(),
+            kind,
+            workflow: compiled.name.clone(),
+            definition_hash: compiled.hash.clone(),
+            definition: compiled.json.clone(),
+            priority: priority.as_str().to_owned(),
+            input: sub.input,
+            metadata,
+            idempotency_key: sub.idempotency_key,
+            created_at: now,
+            deadline_at: compiled
+                .workflow
+                .timeout
+                .map(|t| now + t.0.as_millis() as i64),
+        };
+        let record = RunRecord {
+            id: id.clone(),
+            kind,
+            workflow: new.workflow.clone(),
+            definition_hash: new.definition_hash.clone(),
+            status: RunStatus::Queued,
+            priority: new.priority.clone(),
+            input: new.input.clone(),
+            metadata: new.metadata.clone(),
+            output: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            deadline_at: new.deadline_at,
+            steps: Vec::new(),
+        };
+        match self.shared.store.create_run(new).await? {
+            CreateOutcome::Existing(existing) => {
+                let status = self
+                    .shared
+                    .store
+                    .run(&existing)
+                    .await?
+                    .map_or(RunStatus::Queued, |r| r.status);
+                Ok(Submitted {
+                    run_id: existing,
+                    status,
+                    existing: true,
+                })
+            }
+            CreateOutcome::Created => {
+                let state = RunState::new(compiled.dag.len());
+                let driver =
+                    Driver::new(self.shared.clone(), compiled, &record, priority, state, 0);
+                self.spawn(id.clone(), driver);
+                Ok(Submitted {
+                    run_id: id,
+                    status: RunStatus::Queued,
+                    existing: false,
+                })
+            }
+        }
+    }
+
+    /// Runs one task to its end (or its timeout) and returns how it went.
+    pub async fn execute(&self, task: TaskRequest) -> Result<TaskResult> {
+        match (&task.agent, &task.capability) {
+            (Some(_), Some(_)) => {
+                return Err(EngineError::BadRequest(
+                    "give either `agent` or `capability`, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(EngineError::BadRequest(
+                    "give `agent` or `capability`".into(),
+                ));
+            }
+            (Some(a), None) if self.shared.registry.get(a).is_none() => {
+                return Err(EngineError::UnknownAgent(a.clone()));
+            }
+            _ => {}
+        }
+        let started = std::time::Instant::now();
+        let timeout = task
+            .timeout
+            .unwrap_or(self.shared.config.engine.default_timeout.0);
+        let step = Step {
+            id: "task".into(),
+            agent: task.agent,
+            capability: task.capability,
+            action: Some(task.action.unwrap_or_else(|| "execute".into())),
+            input: None,
+            prompt: None,
+            // Caller text is data, not a template.
+            instructions: task
+                .instructions
+                .map(|i| format!("{{% raw %}}{i}{{% endraw %}}")),
+            needs: Vec::new(),
+            when: None,
+            timeout: Some(flotilla_spec::Dur(timeout)),
+            retry: None,
+            priority: None,
+            compensate: None,
+        };
+        let wf = Workflow {
+            description: None,
+            input_schema: None,
+            timeout: None,
+            priority: None,
+            steps: vec![step],
+            output: Some(Value::String("{{ steps.task.output }}".into())),
+        };
+        let compiled = Compiled::new("_task", wf)?;
+        let priority = task.priority.unwrap_or_default();
+        let sub = Submission {
+            input: task.input,
+            priority: Some(priority),
+            metadata: task.metadata,
+            idempotency_key: None,
+        };
+        let submitted = self
+            .start_run(compiled, RunKind::Task, sub, priority)
+            .await?;
+        let outcome = self
+            .wait_outcome(&submitted.run_id, timeout + Duration::from_secs(1))
+            .await
+            .unwrap_or(RunOutcome {
+                status: RunStatus::Running,
+                output: None,
+                error_kind: Some("timeout"),
+                error: Some(format!("task did not finish within {timeout:?}")),
+                agent: None,
+            });
+        Ok(TaskResult {
+            task_id: submitted.run_id,
+            outcome,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    async fn wait_outcome(&self, run_id: &str, timeout: Duration) -> Option<RunOutcome> {
+        let mut done = self.shared.runs().get(run_id).map(|h| h.done.clone())?;
+        let waited = tokio::time::timeout(timeout, done.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(v)) => v.as_deref().cloned(),
+            _ => None,
+        }
+    }
+
+    /// Waits up to `timeout` for a run to finish, then shows it (finished or not).
+    pub async fn wait(&self, run_id: &str, timeout: Duration) -> Result<RunView> {
+        let _ = self.wait_outcome(run_id, timeout).await;
+        self.run(run_id)
+            .await?
+            .ok_or_else(|| EngineError::RunNotFound(run_id.to_owned()))
+    }
+
+    /// Cancels a run and returns it as it ended.
+    pub async fn cancel(&self, run_id: &str) -> Result<RunView> {
+        let done = {
+            let runs = self.shared.runs();
+            runs.get(run_id).map(|h| {
+                let _ = h.control.send(Control::Cancel);
+                h.done.clone()
+            })
+        };
+        match done {
+            Some(mut done) => {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), done.wait_for(Option::is_some))
+                        .await;
+                self.run(run_id)
+                    .await?
+                    .ok_or_else(|| EngineError::RunNotFound(run_id.to_owned()))
+            }
+            None => match self.shared.store.run(run_id).await? {
+                None => Err(EngineError::RunNotFound(run_id.to_owned())),
+                Some(r) => Err(EngineError::AlreadyFinished(
+                    run_id.to_owned(),
+                    r.status.to_string(),
+                )),
+            },
+        }
+    }
+
+    /// A run with every step of its pinned definition.
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunView>> {
+        match self.shared.store.run(run_id).await? {
+            Some(r) => Ok(Some(self.view(r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs, newest first.
+    pub async fn list(&self, query: &RunQuery) -> Result<Vec<RunView>> {
+        let mut out = Vec::new();
+        for r in self.shared.store.list_runs(query).await? {
+            out.push(self.view(r).await?);
+        }
+        Ok(out)
+    }
+
+    async fn view(&self, r: RunRecord) -> Result<RunView> {
+        let compiled = self.definition(&r.definition_hash, &r.workflow).await?;
+        let mut by_id: HashMap<String, flotilla_store::StepRecord> = r
+            .steps
+            .into_iter()
+            .map(|s| (s.step_id.clone(), s))
+            .collect();
+        let steps = compiled
+            .dag
+            .ids
+            .iter()
+            .map(|id| match by_id.remove(id) {
+                Some(s) => StepView {
+                    id: id.clone(),
+                    status: s.status,
+                    attempts: s.attempts,
+                    output: s.output,
+                    error: s.error,
+                    started_at: s.started_at,
+                    finished_at: s.finished_at,
+                },
+                None => StepView {
+                    id: id.clone(),
+                    status: StepStatus::Pending,
+                    attempts: 0,
+                    output: None,
+                    error: None,
+                    started_at: None,
+                    finished_at: None,
+                },
+            })
+            .collect();
+        Ok(RunView {
+            id: r.id,
+            kind: r.kind,
+            workflow: r.workflow,
+            status: r.status,
+            priority: r.priority,
+            input: r.input,
+            metadata: r.metadata,
+            output: r.output,
+            error: r.error,
+            definition_hash: r.definition_hash,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+            steps,
+        })
+    }
+
+    /// Stored events of a run after `after_seq`.
+    pub async fn events(&self, run_id: &str, after_seq: i64) -> Result<Vec<EventRecord>> {
+        Ok(self.shared.store.events(run_id, after_seq).await?)
+    }
+
+    /// Live events of every run, published after they are recorded.
+    pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+        self.shared.events.subscribe()
+    }
+
+    /// Whether a run is executing in this process.
+    pub fn is_active(&self, run_id: &str) -> bool {
+        self.shared.runs().contains_key(run_id)
+    }
+
+    /// Agents and their health.
+    pub fn agents(&self) -> Vec<AgentStatus> {
+        self.shared.registry.statuses()
+    }
+
+    /// Whether every agent is healthy.
+    pub fn agents_healthy(&self) -> bool {
+        self.shared.registry.all_healthy()
+    }
+
+    /// Registers (or refreshes) a remote agent.
+    pub fn register_agent(&self, reg: Registration) -> Result<AgentStatus, RegistrationError> {
+        self.shared.registry.register(reg)
+    }
+
+    /// Names of the configured workflows.
+    pub fn workflow_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.shared.workflows.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Runs executing in this process.
+    pub fn active_runs(&self) -> usize {
+        self.shared.runs().len()
+    }
+
+    /// The metrics catalogue.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Stops accepting work, lets runs finish for up to `grace`, then stops the rest where
+    /// they are: their state is in the store and they resume at the next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shared.accepting.store(false, Ordering::Release);
+        if let Some(p) = self.prober.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            p.abort();
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.shared.idle.notified();
+            if self.shared.runs().is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        let left: Vec<AbortHandle> = self
+            .shared
+            .runs()
+            .drain()
+            .filter_map(|(_, h)| h.task)
+            .collect();
+        if !left.is_empty() {
+            tracing::info!(
+                runs = left.len(),
+                "grace period over; unfinished runs will resume at the next start"
+            );
+        }
+        for task in left {
+            task.abort();
+        }
+    }
+}
+
+fn parse_priority(s: &str) -> Priority {
+    match s {
+        "high" => Priority::High,
+        "low" => Priority::Low,
+        _ => Priority::Medium,
+    }
+}

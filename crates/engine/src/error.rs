@@ -1,0 +1,38 @@
+//! Engine errors.
+
+use flotilla_store::StoreError;
+
+/// What can go wrong when asking the engine for something.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No workflow by that name.
+    #[error("unknown workflow `{0}`")]
+    UnknownWorkflow(String),
+    /// No agent by that name.
+    #[error("unknown agent `{0}`")]
+    UnknownAgent(String),
+    /// No run or task with that id.
+    #[error("no run with id `{0}`")]
+    RunNotFound(String),
+    /// The input does not satisfy the workflow's `input_schema`.
+    #[error("the input does not match the workflow's input_schema")]
+    InvalidInput(Vec<String>),
+    /// A request that is wrong in itself.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The run already finished.
+    #[error("run `{0}` already finished with status {1}")]
+    AlreadyFinished(String, String),
+    /// The engine is draining for shutdown.
+    #[error("flotilla is shutting down and accepts no new work")]
+    ShuttingDown,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored definition does not parse.
+    #[error("stored definition {0} is unreadable: {1}")]
+    Definition(String, String),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,280 @@
+//! The metrics catalogue (DESIGN §6). Names are what alerts, dashboards and rollout
+//! analyses query: keep them stable, and add new ones here, nowhere else.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `method, route, code`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Route template (`/api/v1/runs/{id}`), never the raw path.
+    pub route: String,
+    /// Status code.
+    pub code: String,
+}
+
+/// `agent`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabels {
+    /// Agent name.
+    pub agent: String,
+}
+
+/// `agent, status`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentStatusLabels {
+    /// Agent name.
+    pub agent: String,
+    /// success | error.
+    pub status: String,
+}
+
+/// `agent_id`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentIdLabels {
+    /// Agent name.
+    pub agent_id: String,
+}
+
+/// `status`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// success | error.
+    pub status: String,
+}
+
+/// `workflow`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkflowLabels {
+    /// Workflow name.
+    pub workflow: String,
+}
+
+/// `workflow, status`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkflowStatusLabels {
+    /// Workflow name.
+    pub workflow: String,
+    /// Final run status.
+    pub status: String,
+}
+
+/// `workflow, step`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkflowStepLabels {
+    /// Workflow name.
+    pub workflow: String,
+    /// Step id.
+    pub step: String,
+}
+
+/// `agent, model, kind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LlmTokenLabels {
+    /// Agent name.
+    pub agent: String,
+    /// Model.
+    pub model: String,
+    /// prompt | completion.
+    pub kind: String,
+}
+
+/// `agent, model`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LlmLabels {
+    /// Agent name.
+    pub agent: String,
+    /// Model.
+    pub model: String,
+}
+
+/// `version, commit`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// Crate version.
+    pub version: String,
+    /// Git commit, when known at build time.
+    pub commit: String,
+}
+
+type Hist<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+fn run_histogram() -> Histogram {
+    // 5 ms … ~5.7 h.
+    Histogram::new(exponential_buckets(0.005, 3.0, 14))
+}
+
+/// Every metric flotilla exposes.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// `http_requests_total`.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// `http_request_duration_seconds`.
+    pub http_duration: Hist<HttpLabels>,
+    /// `agent_tasks_total`.
+    pub agent_tasks: Family<AgentStatusLabels, Counter>,
+    /// `agent_tasks_in_progress`.
+    pub agent_in_progress: Family<AgentLabels, Gauge>,
+    /// `agent_task_duration_seconds`.
+    pub agent_duration: Hist<AgentLabels>,
+    /// `agent_batch_tasks_total`.
+    pub batch_tasks: Family<StatusLabels, Counter>,
+    /// `agent_health_status`.
+    pub agent_health: Family<AgentIdLabels, Gauge>,
+    /// `agent_queue_length`: calls waiting for a concurrency slot.
+    pub queue_length: Gauge,
+    /// `circuit_breaker_state`.
+    pub circuit_state: Family<AgentLabels, Gauge>,
+    /// `circuit_breaker_open_total`.
+    pub circuit_opened: Family<AgentLabels, Counter>,
+    /// `workflow_runs_total`.
+    pub workflow_runs: Family<WorkflowStatusLabels, Counter>,
+    /// `workflow_run_duration_seconds`.
+    pub workflow_duration: Hist<WorkflowLabels>,
+    /// `workflow_sla_breaches_total`.
+    pub sla_breaches: Family<WorkflowLabels, Counter>,
+    /// `workflow_step_retries_total`.
+    pub step_retries: Family<WorkflowStepLabels, Counter>,
+    /// `llm_tokens_total`.
+    pub llm_tokens: Family<LlmTokenLabels, Counter>,
+    /// `llm_cost_usd_total`.
+    pub llm_cost: Family<LlmLabels, Counter<f64, AtomicU64>>,
+}
+
+impl Metrics {
+    /// Registers the catalogue.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency_histogram),
+            agent_tasks: Family::default(),
+            agent_in_progress: Family::default(),
+            agent_duration: Family::new_with_constructor(latency_histogram),
+            batch_tasks: Family::default(),
+            agent_health: Family::default(),
+            queue_length: Gauge::default(),
+            circuit_state: Family::default(),
+            circuit_opened: Family::default(),
+            workflow_runs: Family::default(),
+            workflow_duration: Family::new_with_constructor(run_histogram),
+            sla_breaches: Family::default(),
+            step_retries: Family::default(),
+            llm_tokens: Family::default(),
+            llm_cost: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        // prometheus-client appends `_total` to counters.
+        r.register(
+            "http_requests",
+            "HTTP requests served",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            m.http_duration.clone(),
+        );
+        r.register(
+            "agent_tasks",
+            "Agent calls by outcome",
+            m.agent_tasks.clone(),
+        );
+        r.register(
+            "agent_tasks_in_progress",
+            "Agent calls in flight",
+            m.agent_in_progress.clone(),
+        );
+        r.register(
+            "agent_task_duration_seconds",
+            "Agent call latency",
+            m.agent_duration.clone(),
+        );
+        r.register(
+            "agent_batch_tasks",
+            "Tasks submitted through /api/v1/batch by outcome",
+            m.batch_tasks.clone(),
+        );
+        r.register(
+            "agent_health_status",
+            "Agent health (1 healthy, 0 not)",
+            m.agent_health.clone(),
+        );
+        r.register(
+            "agent_queue_length",
+            "Agent calls waiting for a concurrency slot",
+            m.queue_length.clone(),
+        );
+        r.register(
+            "circuit_breaker_state",
+            "Circuit state (0 closed, 1 half-open, 2 open)",
+            m.circuit_state.clone(),
+        );
+        r.register(
+            "circuit_breaker_open",
+            "Times a circuit opened",
+            m.circuit_opened.clone(),
+        );
+        r.register(
+            "workflow_runs",
+            "Finished workflow runs by status",
+            m.workflow_runs.clone(),
+        );
+        r.register(
+            "workflow_run_duration_seconds",
+            "Workflow run duration",
+            m.workflow_duration.clone(),
+        );
+        r.register(
+            "workflow_sla_breaches",
+            "Runs that exceeded their workflow timeout",
+            m.sla_breaches.clone(),
+        );
+        r.register(
+            "workflow_step_retries",
+            "Step retries",
+            m.step_retries.clone(),
+        );
+        r.register("llm_tokens", "LLM tokens by kind", m.llm_tokens.clone());
+        r.register("llm_cost_usd", "LLM spend in USD", m.llm_cost.clone());
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                commit: option_env!("FLOTILLA_COMMIT").unwrap_or("unknown").into(),
+            })
+            .set(1);
+        r.register("flotilla_build_info", "Build information", build);
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,389 @@
+//! The agents a process knows: configured ones and remote ones that registered themselves,
+//! each with its breaker, concurrency gate, load and health.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use flotilla_spec::{AgentConfig, AgentKind, CircuitBreakerConfig, Config};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::agents::{self, Agent, AgentError, HttpAgent};
+use crate::breaker::{Breaker, CircuitState};
+use crate::gate::Gate;
+use crate::metrics::{AgentIdLabels, AgentLabels, Metrics};
+
+/// One agent with its runtime state.
+pub struct AgentEntry {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: AgentKind,
+    /// Description.
+    pub description: Option<String>,
+    /// Capabilities offered.
+    pub capabilities: Vec<String>,
+    /// The runtime.
+    pub runtime: Arc<dyn Agent>,
+    /// Its circuit breaker.
+    pub breaker: Breaker,
+    /// Its concurrency limit, if any.
+    pub gate: Option<Arc<Gate>>,
+    /// Default attempt timeout.
+    pub timeout: Option<Duration>,
+    /// Calls in flight.
+    pub in_flight: AtomicU64,
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Calls failed.
+    pub errors: AtomicU64,
+    healthy: AtomicBool,
+    expires: Option<Mutex<Instant>>,
+}
+
+impl AgentEntry {
+    /// Healthy: its probe passes (http) and its circuit is not open.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+            && self.breaker.state(Instant::now()) != CircuitState::Open
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.expires
+            .as_ref()
+            .is_some_and(|e| *e.lock().unwrap_or_else(|p| p.into_inner()) <= now)
+    }
+}
+
+/// What `GET /api/v1/agents` shows of an agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentStatus {
+    /// Name.
+    pub id: String,
+    /// Kind.
+    pub kind: AgentKind,
+    /// Description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Capabilities.
+    pub capabilities: Vec<String>,
+    /// `healthy` or `unhealthy`.
+    pub status: &'static str,
+    /// Circuit state.
+    pub circuit: &'static str,
+    /// Calls in flight.
+    pub in_flight: u64,
+    /// Calls made since start.
+    pub calls: u64,
+    /// Share of calls that failed.
+    pub error_rate: f64,
+    /// Registered remotely (with a TTL) rather than configured.
+    pub remote: bool,
+    /// Endpoints, for http agents.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+}
+
+/// A remote agent announcing itself (`POST /api/v1/agents/register`); repeat it as a heartbeat.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Agent name.
+    pub name: String,
+    /// Its endpoints (http).
+    pub endpoints: Vec<String>,
+    /// Capabilities it offers.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Seconds until it is forgotten unless it registers again (default 30, at most 3600).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// What it is for.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    /// The name belongs to a configured agent.
+    #[error("agent `{0}` is configured in flotilla.yaml and cannot be registered remotely")]
+    Configured(String),
+    /// The request is unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// All agents.
+pub struct Registry {
+    agents: RwLock<BTreeMap<String, Arc<AgentEntry>>>,
+    metrics: Arc<Metrics>,
+    client: reqwest::Client,
+}
+
+impl Registry {
+    /// The configured agents.
+    pub fn new(config: &Config, client: reqwest::Client, metrics: Arc<Metrics>) -> Registry {
+        let mut agents = BTreeMap::new();
+        for (name, cfg) in &config.agents {
+            let runtime = agents::build(name, cfg, config, &client, &metrics);
+            agents.insert(
+                name.clone(),
+                Arc::new(Self::entry(name, cfg, runtime, None, &metrics)),
+            );
+        }
+        for name in agents.keys() {
+            metrics
+                .agent_health
+                .get_or_create(&AgentIdLabels {
+                    agent_id: name.clone(),
+                })
+                .set(1);
+            metrics
+                .circuit_state
+                .get_or_create(&AgentLabels {
+                    agent: name.clone(),
+                })
+                .set(0);
+        }
+        Registry {
+            agents: RwLock::new(agents),
+            metrics,
+            client,
+        }
+    }
+
+    fn entry(
+        name: &str,
+        cfg: &AgentConfig,
+        runtime: Arc<dyn Agent>,
+        expires: Option<Instant>,
+        metrics: &Metrics,
+    ) -> AgentEntry {
+        AgentEntry {
+            name: name.to_owned(),
+            kind: cfg.kind,
+            description: cfg.description.clone(),
+            capabilities: cfg.capabilities.clone(),
+            runtime,
+            breaker: Breaker::new(cfg.circuit_breaker),
+            gate: cfg
+                .max_concurrency
+                .map(|n| Gate::new(n as usize, metrics.queue_length.clone())),
+            timeout: cfg.timeout.map(|d| d.0),
+            in_flight: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            expires: expires.map(Mutex::new),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<AgentEntry>>> {
+        self.agents.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An agent by name (a remote one only while its TTL lasts).
+    pub fn get(&self, name: &str) -> Option<Arc<AgentEntry>> {
+        self.read()
+            .get(name)
+            .filter(|a| !a.expired(Instant::now()))
+            .cloned()
+    }
+
+    /// The least-loaded healthy agent offering `capability`.
+    pub fn for_capability(&self, capability: &str) -> Result<Arc<AgentEntry>, AgentError> {
+        let now = Instant::now();
+        let agents = self.read();
+        let offering: Vec<&Arc<AgentEntry>> = agents
+            .values()
+            .filter(|a| !a.expired(now) && a.capabilities.iter().any(|c| c == capability))
+            .collect();
+        if offering.is_empty() {
+            return Err(AgentError::Unavailable(format!(
+                "no agent offers capability `{capability}`"
+            )));
+        }
+        offering
+            .iter()
+            .filter(|a| a.is_healthy())
+            .min_by_key(|a| a.in_flight.load(Ordering::Relaxed))
+            .map(|a| Arc::clone(a))
+            .ok_or_else(|| {
+                AgentError::Unavailable(format!(
+                    "no healthy agent offers capability `{capability}`"
+                ))
+            })
+    }
+
+    /// Adds or refreshes a remote http agent.
+    pub fn register(&self, reg: Registration) -> Result<AgentStatus, RegistrationError> {
+        if reg.endpoints.is_empty() {
+            return Err(RegistrationError::Invalid(
+                "`endpoints` must list at least one URL".into(),
+            ));
+        }
+        if let Some(bad) = reg
+            .endpoints
+            .iter()
+            .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+        {
+            return Err(RegistrationError::Invalid(format!(
+                "endpoint `{bad}` must be an http:// or https:// URL"
+            )));
+        }
+        if reg.name.is_empty()
+            || !reg
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(RegistrationError::Invalid(
+                "`name` may only use letters, digits, `_`, `-` and `.`".into(),
+            ));
+        }
+        let ttl = Duration::from_secs(reg.ttl_seconds.unwrap_or(30).clamp(1, 3600));
+        let expires = Instant::now() + ttl;
+        let mut agents = self.agents.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = agents.get(&reg.name) {
+            let Some(exp) = &existing.expires else {
+                return Err(RegistrationError::Configured(reg.name));
+            };
+            if existing.capabilities == reg.capabilities
+                && let Some(http) = existing.runtime.as_http()
+            {
+                *exp.lock().unwrap_or_else(|e| e.into_inner()) = expires;
+                http.set_endpoints(&reg.endpoints);
+                return Ok(status(existing));
+            }
+        }
+        let cfg = AgentConfig {
+            kind: AgentKind::Http,
+            description: reg.description.clone(),
+            capabilities: reg.capabilities.clone(),
+            timeout: None,
+            max_concurrency: None,
+            circuit_breaker: CircuitBreakerConfig::default(),
+            builtin: None,
+            template: None,
+            delay: None,
+            failure_rate: None,
+            endpoints: reg.endpoints.clone(),
+            health_path: None,
+            headers: BTreeMap::new(),
+            command: Vec::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            provider: None,
+            model: None,
+            system: None,
+            temperature: None,
+            max_tokens: None,
+            response_schema: None,
+        };
+        let runtime: Arc<dyn Agent> = Arc::new(HttpAgent::new(
+            reg.endpoints.clone(),
+            &cfg,
+            self.client.clone(),
+        ));
+        let entry = Arc::new(Self::entry(
+            &reg.name,
+            &cfg,
+            runtime,
+            Some(expires),
+            &self.metrics,
+        ));
+        self.metrics
+            .agent_health
+            .get_or_create(&AgentIdLabels {
+                agent_id: reg.name.clone(),
+            })
+            .set(1);
+        let shown = status(&entry);
+        agents.insert(reg.name, entry);
+        Ok(shown)
+    }
+
+    /// Every live agent's status.
+    pub fn statuses(&self) -> Vec<AgentStatus> {
+        let now = Instant::now();
+        self.read()
+            .values()
+            .filter(|a| !a.expired(now))
+            .map(|a| status(a))
+            .collect()
+    }
+
+    /// Probes http agents, forgets expired remote agents and refreshes the health gauges.
+    pub async fn probe(&self) {
+        let now = Instant::now();
+        let all: Vec<Arc<AgentEntry>> = self.read().values().cloned().collect();
+        for agent in all {
+            if agent.expired(now) {
+                self.agents
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&agent.name);
+                self.metrics
+                    .agent_health
+                    .get_or_create(&AgentIdLabels {
+                        agent_id: agent.name.clone(),
+                    })
+                    .set(0);
+                continue;
+            }
+            if let Some(http) = agent.runtime.as_http() {
+                let ok = http.probe().await;
+                agent.healthy.store(ok, Ordering::Relaxed);
+            }
+            self.metrics
+                .agent_health
+                .get_or_create(&AgentIdLabels {
+                    agent_id: agent.name.clone(),
+                })
+                .set(i64::from(agent.is_healthy()));
+        }
+    }
+
+    /// Whether every configured agent is healthy.
+    pub fn all_healthy(&self) -> bool {
+        self.read().values().all(|a| a.is_healthy())
+    }
+}
+
+fn status(a: &AgentEntry) -> AgentStatus {
+    let calls = a.calls.load(Ordering::Relaxed);
+    let errors = a.errors.load(Ordering::Relaxed);
+    AgentStatus {
+        id: a.name.clone(),
+        kind: a.kind,
+        description: a.description.clone(),
+        capabilities: a.capabilities.clone(),
+        status: if a.is_healthy() {
+            "healthy"
+        } else {
+            "unhealthy"
+        },
+        circuit: a.breaker.state(Instant::now()).as_str(),
+        in_flight: a.in_flight.load(Ordering::Relaxed),
+        calls,
+        error_rate: if calls == 0 {
+            0.0
+        } else {
+            errors as f64 / calls as f64
+        },
+        remote: a.expires.is_some(),
+        endpoints: a
+            .runtime
+            .as_http()
+            .map(|h| {
+                h.endpoint_urls()
+                    .iter()
+                    .map(|u| flotilla_spec::redact::redact_url(u))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
