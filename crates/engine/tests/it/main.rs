@@ -1,0 +1,3 @@
+//! Engine integration tests, one binary.
+
+mod scheduler_props;
