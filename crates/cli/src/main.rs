@@ -1,1 +1,91 @@
-fn main() {}
+//! The `flotilla` binary: clap subcommands wiring the crates together.
+
+mod bench;
+mod logging;
+mod run;
+mod serve;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use settings::ConfigArgs;
+
+/// flotilla runs multi-agent workflows durably and serves them over HTTP.
+///
+/// With no config file, `flotilla serve` runs the embedded demo fleet (travel planning and
+/// customer service, builtin agents) on SQLite `./flotilla.db`, port 8080.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API and run workflows.
+    Serve(serve::ServeArgs),
+    /// Run one workflow locally: result on stdout, progress on stderr.
+    Run(run::RunArgs),
+    /// Check a configuration; every problem is printed as file:line:col (exit status 2).
+    Validate {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Inspect the effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Measure throughput and latency of the engine and store with no-op agents.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (all layers merged), secrets redacted.
+    Show {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let result = match cli.command {
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Run(args) => run::run(args).await,
+            Command::Validate { config } => settings::validate(&config),
+            Command::Config {
+                command: ConfigCommand::Show { config },
+            } => settings::show(&config),
+            Command::Migrate { config } => serve::migrate(&config).await,
+            Command::Bench(args) => bench::bench(args).await,
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

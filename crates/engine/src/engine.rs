@@ -549,7 +549,9 @@ impl Engine {
         })
     }
 
-    async fn wait_outcome(&self, run_id: &str, timeout: Duration) -> Option<RunOutcome> {
+    /// Waits up to `timeout` for a run executing in this process to end; `None` if it is not
+    /// executing here or did not end in time.
+    pub async fn wait_outcome(&self, run_id: &str, timeout: Duration) -> Option<RunOutcome> {
         let mut done = self.shared.runs().get(run_id).map(|h| h.done.clone())?;
         let waited = tokio::time::timeout(timeout, done.wait_for(Option::is_some)).await;
         match waited {

@@ -1,0 +1,180 @@
+//! `flotilla bench`: the peers' workloads through the real engine and store.
+//!
+//! Every step is a builtin echo; every transition is recorded in the store exactly as in
+//! production (durable commits unless `--relaxed`). Prints one JSON line.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use flotilla_engine::metrics::Metrics;
+use flotilla_engine::{Engine, Submission};
+use flotilla_spec::{Config, Durability, Loader, Source};
+use flotilla_store::RunStatus;
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+/// The workloads of the peer comparison.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Workload {
+    /// 10 sequential steps; workflows one after another.
+    Chain,
+    /// 1 step, then 20 in parallel, then a join; workflows one after another.
+    Fanout,
+    /// 10-step chains with many in flight.
+    Concurrent,
+}
+
+/// Options of `flotilla bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which workload.
+    #[arg(long, value_enum)]
+    workload: Workload,
+    /// Store URL (default: a fresh SQLite file in a temporary directory).
+    #[arg(long)]
+    store: Option<String>,
+    /// Workflows to run (default: 200 chain, 100 fanout, 500 concurrent).
+    #[arg(long, short = 'n')]
+    workflows: Option<usize>,
+    /// Workflows in flight at once (concurrent workload).
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Skip fsync per commit (not power-loss safe; for comparison only).
+    #[arg(long)]
+    relaxed: bool,
+}
+
+fn config(store: &str, relaxed: bool) -> anyhow::Result<Config> {
+    let chain: Vec<String> = (0..10)
+        .map(|i| {
+            let needs = if i == 0 {
+                String::new()
+            } else {
+                format!(", needs: [s{}]", i - 1)
+            };
+            format!("      - {{ id: s{i}, agent: noop{needs} }}")
+        })
+        .collect();
+    let mut fan = vec!["      - { id: first, agent: noop }".to_owned()];
+    fan.extend((0..20).map(|i| format!("      - {{ id: p{i}, agent: noop, needs: [first] }}")));
+    let all: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+    fan.push(format!(
+        "      - {{ id: join, agent: noop, needs: [{}] }}",
+        all.join(", ")
+    ));
+    let text = format!(
+        "storage: {{ url: {store:?}, durability: {} }}\nengine: {{ max_concurrency: 4096 }}\nagents:\n  noop: {{ kind: builtin, builtin: echo }}\nworkflows:\n  chain:\n    steps:\n{}\n  fanout:\n    steps:\n{}\n",
+        if relaxed { "relaxed" } else { "durable" },
+        chain.join("\n"),
+        fan.join("\n"),
+    );
+    let loaded = Loader {
+        base: Source {
+            name: "bench.yaml".into(),
+            text,
+            path: None,
+        },
+        env_name: None,
+        vars: &|_| None,
+        var_names: vec![],
+        flags: vec![],
+    }
+    .load()
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(loaded.config)
+}
+
+async fn one(engine: &Engine, workflow: &str, i: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let sub = engine
+        .submit(
+            workflow,
+            Submission {
+                input: json!({"i": i}),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let outcome = engine
+        .wait_outcome(&sub.run_id, Duration::from_secs(60))
+        .await
+        .context("a workflow did not finish within 60s")?;
+    if outcome.status != RunStatus::Succeeded {
+        bail!(
+            "workflow {} ended {}: {:?}",
+            sub.run_id,
+            outcome.status,
+            outcome.error
+        );
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs the workload and prints `{"workload","workflows","wall_s","workflows_per_s","steps_per_s","p50_ms","p99_ms","store"}`.
+pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let url = args
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let config = Arc::new(config(&url, args.relaxed)?);
+    let store = crate::serve::open_store(&config).await?;
+    store.migrate().await?;
+    let engine = Engine::start(config.clone(), store, Arc::new(Metrics::new())).await?;
+    let (workflow, steps, n) = match args.workload {
+        Workload::Chain => ("chain", 10, args.workflows.unwrap_or(200)),
+        Workload::Fanout => ("fanout", 22, args.workflows.unwrap_or(100)),
+        Workload::Concurrent => ("chain", 10, args.workflows.unwrap_or(500)),
+    };
+    for i in 0..3 {
+        one(&engine, workflow, i).await?;
+    }
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?;
+    let started = Instant::now();
+    match args.workload {
+        Workload::Chain | Workload::Fanout => {
+            for i in 0..n {
+                hist.record(one(&engine, workflow, i).await?.as_micros() as u64)?;
+            }
+        }
+        Workload::Concurrent => {
+            let limit = Arc::new(tokio::sync::Semaphore::new(args.in_flight.max(1)));
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..n {
+                let permit = limit.clone().acquire_owned().await?;
+                let engine = engine.clone();
+                tasks.spawn(async move {
+                    let r = one(&engine, workflow, i).await;
+                    drop(permit);
+                    r
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                hist.record(r??.as_micros() as u64)?;
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let durability = if config.storage.durability == Durability::Durable {
+        "durable"
+    } else {
+        "relaxed"
+    };
+    let line = json!({
+        "workload": format!("{:?}", args.workload).to_lowercase(),
+        "workflows": n,
+        "wall_s": (wall * 1000.0).round() / 1000.0,
+        "workflows_per_s": (n as f64 / wall * 10.0).round() / 10.0,
+        "steps_per_s": (n as f64 * steps as f64 / wall).round(),
+        "p50_ms": hist.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
+        "store": format!("{} ({durability})", engine.store().backend()),
+    });
+    println!("{line}");
+    engine.shutdown(Duration::ZERO).await;
+    Ok(ExitCode::SUCCESS)
+}

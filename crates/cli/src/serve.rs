@@ -1,0 +1,162 @@
+//! `flotilla serve` and `flotilla migrate`.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use flotilla_engine::Engine;
+use flotilla_engine::metrics::Metrics;
+use flotilla_spec::{Config, Durability};
+use flotilla_store::{SqliteOptions, SqliteStore, Store};
+use tokio::sync::watch;
+
+use crate::settings::{self, ConfigArgs};
+
+/// Options of `flotilla serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to listen on (overrides server.listen); port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+/// Opens the configured store.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let url = &config.storage.url;
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        bail!("storage.url: PostgreSQL storage is not available in this build; use sqlite://PATH");
+    }
+    let options = SqliteOptions {
+        durable: config.storage.durability == Durability::Durable,
+        read_pool: config.storage.pool_size.max(1) as usize,
+    };
+    let store = SqliteStore::open(url, options)
+        .await
+        .with_context(|| format!("opening {}", flotilla_spec::redact::redact_url(url)))?;
+    Ok(Arc::new(store))
+}
+
+async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Serves until SIGTERM/SIGINT, then drains and exits 0.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let flags = args
+        .listen
+        .iter()
+        .map(|l| {
+            (
+                "server.listen".to_owned(),
+                serde_json::Value::String(l.clone()),
+                "--listen".to_owned(),
+            )
+        })
+        .collect();
+    let loaded = match settings::load(&args.config, flags) {
+        Ok(l) => l,
+        Err(e) => return Ok(settings::report(&e)),
+    };
+    let config = Arc::new(loaded.config);
+    crate::logging::init(&config.logging);
+    tracing::info!(config = %loaded.files.join(" + "), "starting flotilla {}", env!("CARGO_PKG_VERSION"));
+
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(address = %addr, "listening on {addr}");
+
+    let metrics = Arc::new(Metrics::new());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = flotilla_server::AppState {
+        engine: Arc::new(OnceLock::new()),
+        metrics: metrics.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+        shutdown: shutdown_rx.clone(),
+        body_limit: config.server.body_limit.0,
+        request_timeout: config.server.request_timeout.0,
+        started: Instant::now(),
+    };
+    let grace = config.server.shutdown_grace.0;
+    let mut stop = shutdown_rx.clone();
+    let server = tokio::spawn(flotilla_server::serve(
+        listener,
+        state.clone(),
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+        grace,
+    ));
+
+    let startup = async {
+        let store = open_store(&config).await?;
+        store.migrate().await.context("applying migrations")?;
+        let engine = Engine::start(config.clone(), store, metrics.clone())
+            .await
+            .context("starting the engine")?;
+        anyhow::Ok(engine)
+    };
+    let engine = tokio::select! {
+        r = startup => r?,
+        _ = signal() => {
+            let _ = shutdown_tx.send(true);
+            let _ = server.await;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let _ = state.engine.set(engine.clone());
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(address = %addr, workflows = ?engine.workflow_names(), "ready");
+
+    signal().await;
+    tracing::info!(grace = ?grace, "shutdown requested: no new requests, draining");
+    state.ready.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    let (served, ()) = tokio::join!(server, engine.shutdown(grace));
+    match served {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "server error during shutdown"),
+        Err(e) => tracing::error!(error = %e, "server task failed"),
+    }
+    // Everything queued behind the last commit lands before the process exits.
+    if let Err(e) = engine.store().commit(Vec::new()).await {
+        tracing::error!(error = %e, "final flush failed");
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flotilla migrate`.
+pub async fn migrate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    let loaded = match settings::load(args, Vec::new()) {
+        Ok(l) => l,
+        Err(e) => return Ok(settings::report(&e)),
+    };
+    let store = open_store(&loaded.config).await?;
+    store.migrate().await.context("applying migrations")?;
+    println!("migrations applied ({})", store.backend());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,103 @@
+//! Finding and loading the configuration the way every subcommand does.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use flotilla_spec::{Loaded, Loader, Source, SpecError};
+
+/// The demo fleet, compiled in.
+pub const DEMO: &str = include_str!("../../../examples/demo.yaml");
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Config file (default: ./flotilla.yaml if present, else the embedded demo fleet).
+    #[arg(long, short = 'c', env = "FLOTILLA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Environment: also reads <config>.<env>.yaml beside the config file.
+    #[arg(long, env = "FLOTILLA_ENV")]
+    pub env: Option<String>,
+}
+
+/// Loads the layered configuration; flags are (path, value, flag name) overrides.
+pub fn load(
+    args: &ConfigArgs,
+    flags: Vec<(String, serde_json::Value, String)>,
+) -> Result<Loaded, SpecError> {
+    let base = match &args.config {
+        Some(path) => Source::file(path)?,
+        None if std::path::Path::new("flotilla.yaml").exists() => {
+            Source::file(std::path::Path::new("flotilla.yaml"))?
+        }
+        None => Source {
+            name: "examples/demo.yaml (embedded)".into(),
+            text: DEMO.into(),
+            path: None,
+        },
+    };
+    let lookup = |name: &str| std::env::var(name).ok();
+    Loader {
+        base,
+        env_name: args.env.clone(),
+        vars: &lookup,
+        var_names: std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect(),
+        flags,
+    }
+    .load()
+}
+
+/// Prints every problem and returns exit status 2, as compilers do.
+pub fn report(e: &SpecError) -> ExitCode {
+    match e {
+        SpecError::Invalid(diags) => {
+            for d in diags {
+                eprintln!("{d}");
+            }
+            eprintln!(
+                "error: the configuration has {} problem{}",
+                diags.len(),
+                if diags.len() == 1 { "" } else { "s" }
+            );
+        }
+        other => eprintln!("error: {other}"),
+    }
+    ExitCode::from(2)
+}
+
+/// `flotilla validate`.
+pub fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    match load(args, Vec::new()) {
+        Ok(loaded) => {
+            println!(
+                "ok: {} ({} agents, {} workflows)",
+                loaded.files.join(" + "),
+                loaded.config.agents.len(),
+                loaded.config.workflows.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(report(&e)),
+    }
+}
+
+/// `flotilla config show`.
+pub fn show(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    let loaded = match load(args, Vec::new()) {
+        Ok(l) => l,
+        Err(e) => return Ok(report(&e)),
+    };
+    let mut value =
+        serde_json::to_value(&loaded.config).context("serializing the configuration")?;
+    flotilla_spec::redact::redact_value(&mut value);
+    let yaml = serde_saphyr::to_string(&value).context("writing the configuration as YAML")?;
+    println!(
+        "# effective configuration from {}",
+        loaded.files.join(" + ")
+    );
+    print!("{yaml}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,70 @@
+//! Request ids and HTTP metrics, as one middleware.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use flotilla_engine::metrics::HttpLabels;
+
+use crate::AppState;
+use crate::extract::BodyLimit;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled (empty outside a request).
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+fn usable(id: &HeaderValue) -> Option<String> {
+    let s = id.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_graphic()))
+        .then(|| s.to_owned())
+}
+
+/// Takes the caller's `x-request-id` (or makes one), echoes it on the response, and counts
+/// the request in `http_requests_total` / `http_request_duration_seconds` by route template.
+pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(usable)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let method = req.method().to_string();
+    req.extensions_mut().insert(BodyLimit(state.body_limit));
+    let started = Instant::now();
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let route = resp
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let labels = HttpLabels {
+        method,
+        route,
+        code: resp.status().as_u16().to_string(),
+    };
+    let m = &state.metrics;
+    m.http_requests.get_or_create(&labels).inc();
+    m.http_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Copies the matched route template onto the response, where [`layer`] reads it (routing
+/// happens inside `layer`, so the request it saw had no route yet).
+pub async fn route_template(req: Request, next: Next) -> Response {
+    let path = req.extensions().get::<MatchedPath>().cloned();
+    let mut resp = next.run(req).await;
+    if let Some(p) = path {
+        resp.extensions_mut().insert(p);
+    }
+    resp
+}

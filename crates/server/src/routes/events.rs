@@ -1,0 +1,77 @@
+//! `GET /api/v1/runs/{id}/events`: server-sent events of a run's transitions.
+//!
+//! Stored events are replayed first (after `Last-Event-ID` when the client resumes), then
+//! live ones follow; the stream ends after `run_finished` or when the server shuts down.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use flotilla_store::EventRecord;
+use futures_util::stream::{self, Stream, StreamExt};
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+fn to_sse(e: &EventRecord) -> Event {
+    Event::default()
+        .event(e.kind.clone())
+        .id(e.seq.to_string())
+        .json_data(e)
+        .unwrap_or_else(|_| Event::default().comment("unserializable event"))
+}
+
+/// Streams a run's events.
+pub async fn stream(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let engine = state.engine()?.clone();
+    // Subscribe before reading the store so that nothing falls between the two.
+    let live = BroadcastStream::new(engine.subscribe());
+    let run = engine
+        .run(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run with id `{id}`")))?;
+    let after: i64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stored = engine.events(&id, after).await?;
+    let last_seq = stored.last().map_or(after, |e| e.seq);
+    let finished = run.status.is_terminal() && !engine.is_active(&id)
+        || stored.iter().any(|e| e.kind == "run_finished");
+    let replay = stream::iter(stored.iter().map(|e| Ok(to_sse(e))).collect::<Vec<_>>());
+    let mut shutdown = state.shutdown.clone();
+    let run_id = id.clone();
+    let follow = live
+        .filter_map(move |r| {
+            let keep = match r {
+                Ok(e) if e.run_id == run_id && e.seq > last_seq => Some(e),
+                _ => None,
+            };
+            async move { keep }
+        })
+        .scan(false, |ended, e| {
+            if *ended {
+                return futures_util::future::ready(None);
+            }
+            *ended = e.kind == "run_finished";
+            futures_util::future::ready(Some(Ok(to_sse(&e))))
+        })
+        .take_until(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        });
+    let follow = if finished {
+        follow.take(0).left_stream()
+    } else {
+        follow.right_stream()
+    };
+    Ok(Sse::new(replay.chain(follow))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
