@@ -253,6 +253,8 @@ fn de<T: DeserializeOwned>(
             if let Some(field) = message
                 .strip_prefix("unknown field `")
                 .and_then(|m| m.split('`').next())
+                && !full.ends_with(&format!(".{field}"))
+                && full != field
             {
                 full = child_key(&full, field);
             }

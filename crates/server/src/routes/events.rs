@@ -47,31 +47,30 @@ pub async fn stream(
     let finished = run.status.is_terminal() && !engine.is_active(&id)
         || stored.iter().any(|e| e.kind == "run_finished");
     let replay = stream::iter(stored.iter().map(|e| Ok(to_sse(e))).collect::<Vec<_>>());
-    let mut shutdown = state.shutdown.clone();
-    let run_id = id.clone();
-    let follow = live
-        .filter_map(move |r| {
-            let keep = match r {
-                Ok(e) if e.run_id == run_id && e.seq > last_seq => Some(e),
-                _ => None,
-            };
-            async move { keep }
-        })
-        .scan(false, |ended, e| {
-            if *ended {
-                return futures_util::future::ready(None);
+    let shutdown = state.shutdown.clone();
+    let follow = stream::unfold(
+        (live, shutdown, finished),
+        move |(mut live, mut shutdown, done)| {
+            let run_id = id.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let next = tokio::select! {
+                        next = live.next() => next?,
+                        _ = shutdown.wait_for(|s| *s) => return None,
+                    };
+                    // A lagging receiver skips what it missed; the client can resume with Last-Event-ID.
+                    let Ok(e) = next else { continue };
+                    if e.run_id == run_id && e.seq > last_seq {
+                        let end = e.kind == "run_finished";
+                        return Some((Ok(to_sse(&e)), (live, shutdown, end)));
+                    }
+                }
             }
-            *ended = e.kind == "run_finished";
-            futures_util::future::ready(Some(Ok(to_sse(&e))))
-        })
-        .take_until(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        });
-    let follow = if finished {
-        follow.take(0).left_stream()
-    } else {
-        follow.right_stream()
-    };
+        },
+    );
     Ok(Sse::new(replay.chain(follow))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

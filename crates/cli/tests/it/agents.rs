@@ -1,0 +1,215 @@
+//! Agent kinds against local fakes: http, command, llm, remote registration.
+
+use serde_json::json;
+
+use crate::fakes::{fake_agent, fake_llm};
+use crate::helpers::{metric, spawn_app, step};
+
+#[tokio::test]
+async fn http_agent_sends_idempotency_key_and_traceparent() {
+    let fake = fake_agent().await;
+    let app = spawn_app(&format!(
+        "agents:\n  remote: {{ kind: http, endpoints: [\"{}\"] }}\nworkflows:\n  one:\n    steps:\n      - {{ id: s, agent: remote, action: lookup }}\n",
+        fake.url
+    ))
+    .await;
+    let id = app.start_run("one", json!({"q": 1})).await;
+    let run = app.finished(&id).await;
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["output"]["input"], json!({"q": 1}));
+    let seen = fake.seen.lock().unwrap();
+    let (key, action, headers) = &seen.log[0];
+    assert_eq!(key, &format!("{id}/s"));
+    assert_eq!(action, "lookup");
+    let tp = headers["traceparent"].as_str().unwrap();
+    assert_eq!(tp.split('-').count(), 4, "{tp}");
+    assert!(tp.starts_with("00-"));
+}
+
+#[tokio::test]
+async fn http_agent_health_probe_marks_a_dead_endpoint_unhealthy() {
+    let app = spawn_app(
+        "engine: { health_interval: 100ms }\nagents:\n  gone: { kind: http, endpoints: [\"http://127.0.0.1:9/run\"] }\n",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, agents) = app.get("/api/v1/agents").await;
+        if agents["agents"][0]["status"] == "unhealthy" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{agents}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let text = app.text("/metrics").await;
+    assert_eq!(
+        metric(&text, "agent_health_status", &[("agent_id", "gone")]),
+        0.0
+    );
+    let (code, health) = app.get("/health").await;
+    assert_eq!(
+        code, 200,
+        "an unhealthy agent degrades health but does not fail liveness"
+    );
+    assert_eq!(health["status"], "degraded");
+}
+
+#[tokio::test]
+async fn command_agent_speaks_json_and_is_killed_on_timeout() {
+    let app = spawn_app(
+        r#"
+agents:
+  upper:
+    kind: command
+    command: ["python3", "-c", "import json,sys; r=json.load(sys.stdin); print('working', file=sys.stderr); print(json.dumps({'output': {'shout': r['input']['word'].upper(), 'action': r['action']}}))"]
+  stuck:
+    kind: command
+    command: ["sleep", "30"]
+    timeout: 300ms
+  broken:
+    kind: command
+    command: ["sh", "-c", "echo nope >&2; exit 3"]
+"#,
+    )
+    .await;
+    let (code, body) = app
+        .post(
+            "/api/v1/execute",
+            json!({"agent": "upper", "action": "shout", "input": {"word": "hey"}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["result"], json!({"shout": "HEY", "action": "shout"}));
+    let (code, body) = app
+        .post(
+            "/api/v1/execute",
+            json!({"agent": "stuck", "input": {}, "timeout": 1000}),
+        )
+        .await;
+    assert_eq!(code, 504, "{body}");
+    let (code, body) = app
+        .post("/api/v1/execute", json!({"agent": "broken", "input": {}}))
+        .await;
+    assert_eq!(code, 502);
+    assert!(
+        body["message"].as_str().unwrap().contains("exited"),
+        "{body}"
+    );
+    assert!(
+        app.log_text().contains("working"),
+        "stderr of command agents is logged"
+    );
+}
+
+#[tokio::test]
+async fn llm_agent_renders_prompts_checks_schema_and_counts_tokens() {
+    let llm = fake_llm(r#"{"city": "Oslo", "days": 3}"#).await;
+    let app = spawn_app(&format!(
+        r#"
+llm:
+  providers: {{ fake: {{ base_url: "{base}", api_key: "sk-test-secret-value" }} }}
+  pricing: {{ tiny-model: {{ prompt_per_1k: 0.5, completion_per_1k: 1.0 }} }}
+agents:
+  planner:
+    kind: llm
+    provider: fake
+    model: tiny-model
+    system: You plan trips.
+    response_schema: {{ type: object, required: [city, days], properties: {{ city: {{ type: string }}, days: {{ type: integer }} }} }}
+workflows:
+  plan:
+    steps:
+      - {{ id: plan, agent: planner, prompt: "Plan {{{{ input.days }}}} days in {{{{ input.city }}}}" }}
+"#,
+        base = llm.base_url
+    ))
+    .await;
+    let id = app
+        .start_run("plan", json!({"city": "Oslo", "days": 3}))
+        .await;
+    let run = app.finished(&id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], json!({"city": "Oslo", "days": 3}));
+    let (body, auth) = llm.requests.lock().unwrap()[0].clone();
+    assert_eq!(auth, "Bearer sk-test-secret-value");
+    assert_eq!(body["model"], "tiny-model");
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "system", "content": "You plan trips."})
+    );
+    assert_eq!(body["messages"][1]["content"], "Plan 3 days in Oslo");
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    let text = app.text("/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "llm_tokens_total",
+            &[("agent", "planner"), ("kind", "prompt")]
+        ),
+        120.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "llm_tokens_total",
+            &[("agent", "planner"), ("kind", "completion")]
+        ),
+        30.0
+    );
+    let cost = metric(
+        &text,
+        "llm_cost_usd_total",
+        &[("agent", "planner"), ("model", "tiny-model")],
+    );
+    assert!((cost - 0.09).abs() < 1e-9, "{cost}");
+    assert!(
+        !app.log_text().contains("sk-test-secret-value"),
+        "the api key never reaches the logs"
+    );
+    let (_, agents) = app.get("/api/v1/agents").await;
+    assert!(!agents.to_string().contains("sk-test-secret-value"));
+    let _ = step(&run, "plan");
+}
+
+#[tokio::test]
+async fn remote_agents_register_with_a_ttl_and_serve_capabilities() {
+    let fake = fake_agent().await;
+    let app = spawn_app("agents:\n  local: { kind: builtin, builtin: echo }\n").await;
+    let (code, body) = app
+        .post("/api/v1/agents/register", json!({"name": "weather-eu", "endpoints": [fake.url], "capabilities": ["forecast"], "ttl_seconds": 1}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["remote"], true);
+    let (code, body) = app
+        .post(
+            "/api/v1/execute",
+            json!({"capability": "forecast", "input": {"city": "Oslo"}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["agentId"], "weather-eu");
+    let (code, _) = app
+        .post(
+            "/api/v1/agents/register",
+            json!({"name": "local", "endpoints": [fake.url]}),
+        )
+        .await;
+    assert_eq!(code, 409, "configured names cannot be taken over");
+    let (code, _) = app
+        .post(
+            "/api/v1/agents/register",
+            json!({"name": "x", "endpoints": []}),
+        )
+        .await;
+    assert_eq!(code, 400);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let (code, _) = app
+        .post(
+            "/api/v1/execute",
+            json!({"capability": "forecast", "input": {}}),
+        )
+        .await;
+    assert_eq!(code, 503, "the registration expired");
+    let (_, agents) = app.get("/api/v1/agents").await;
+    assert_eq!(agents["total"], 1);
+}

@@ -1,0 +1,398 @@
+//! Every route's success and error cases, and bad input.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{metric, spawn_app};
+
+const CONFIG: &str = r#"
+agents:
+  echo: { kind: builtin, builtin: echo, capabilities: [echo] }
+  nope: { kind: builtin, builtin: fail }
+workflows:
+  greet:
+    input_schema: { type: object, required: [name], properties: { name: { type: string }, age: { type: integer } } }
+    steps:
+      - { id: hello, agent: echo, input: { greeting: "hello {{ input.name }}" } }
+"#;
+
+#[tokio::test]
+async fn health_ready_version_openapi_and_metrics() {
+    let app = spawn_app(CONFIG).await;
+    for path in [
+        "/health",
+        "/livez",
+        "/ready",
+        "/readyz",
+        "/version",
+        "/openapi.json",
+    ] {
+        let (code, body) = app.get(path).await;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let (_, health) = app.get("/health").await;
+    assert_eq!(health["components"]["store"]["status"], "healthy");
+    assert_eq!(health["components"]["agents"]["total"], 2);
+    let (_, doc) = app.get("/openapi.json").await;
+    assert!(doc["paths"]["/api/v1/workflows/{name}/runs"]["post"].is_object());
+    let text = app.text("/metrics").await;
+    for name in [
+        "http_requests_total",
+        "http_request_duration_seconds",
+        "agent_health_status",
+        "agent_queue_length",
+        "circuit_breaker_state",
+        "flotilla_build_info",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert_eq!(
+        metric(&text, "agent_health_status", &[("agent_id", "echo")]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn execute_batch_and_status() {
+    let app = spawn_app(CONFIG).await;
+    let (code, body) = app
+        .post(
+            "/api/v1/execute",
+            json!({"agent": "echo", "input": {"x": 1}, "priority": "high"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["result"], json!({"x": 1}));
+    assert_eq!(body["agentId"], "echo");
+    let task = body["taskId"].as_str().unwrap();
+    let (code, status) = app.get(&format!("/api/v1/status/{task}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(status["status"], "succeeded");
+    assert_eq!(status["kind"], "task");
+
+    let (code, body) = app
+        .post(
+            "/api/v1/execute",
+            json!({"capability": "echo", "input": "plain text"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["result"], "plain text");
+
+    let (code, body) = app
+        .post(
+            "/api/v1/batch",
+            json!({"tasks": [
+                {"agent": "echo", "input": 1},
+                {"agent": "nope", "input": {"fail": true}},
+                {"agent": "echo", "input": 3}
+            ]}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["totalTasks"], 3);
+    assert_eq!(body["successCount"], 2);
+    assert_eq!(body["errorCount"], 1);
+    assert_eq!(body["results"][1]["status"], "rejected");
+    let text = app.text("/metrics").await;
+    assert_eq!(
+        metric(&text, "agent_batch_tasks_total", &[("status", "error")]),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "agent_tasks_total",
+            &[("agent", "echo"), ("status", "success")]
+        ),
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn execute_errors() {
+    let app = spawn_app(CONFIG).await;
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!({"agent": "ghost", "input": 1}), 404, "not_found"),
+        (
+            json!({"agent": "echo", "capability": "echo", "input": 1}),
+            400,
+            "invalid_request",
+        ),
+        (json!({"input": 1}), 400, "invalid_request"),
+        (
+            json!({"agent": "echo", "input": 1, "timeout": 5}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"agent": "echo", "input": 1, "priority": "urgent"}),
+            422,
+            "unprocessable",
+        ),
+        (
+            json!({"agent": "echo", "input": 1, "colour": "red"}),
+            422,
+            "unprocessable",
+        ),
+        (json!({"agent": 7, "input": 1}), 422, "unprocessable"),
+        (
+            json!({"agent": "echo", "input": "x".repeat(10_001)}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"agent": "nope", "input": {"fail": true}}),
+            502,
+            "agent_error",
+        ),
+        (
+            json!({"capability": "teleport", "input": 1}),
+            503,
+            "unavailable",
+        ),
+    ];
+    for (body, code, kind) in cases {
+        let (got, answer) = app.post("/api/v1/execute", body.clone()).await;
+        assert_eq!(got, code, "{body} -> {answer}");
+        assert_eq!(answer["error"], kind, "{answer}");
+        assert!(answer["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let (code, body) = app.post("/api/v1/batch", json!({"tasks": []})).await;
+    assert_eq!(code, 400, "{body}");
+    let many: Vec<Value> = (0..101)
+        .map(|i| json!({"agent": "echo", "input": i}))
+        .collect();
+    let (code, _) = app.post("/api/v1/batch", json!({"tasks": many})).await;
+    assert_eq!(code, 400);
+    let (code, body) = app.get("/api/v1/status/does-not-exist").await;
+    assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn malformed_json_missing_content_type_and_oversized_bodies() {
+    let app = spawn_app(CONFIG).await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/execute"))
+        .header("content-type", "application/json")
+        .body("{\"agent\": \"echo\", ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+
+    let r = app
+        .client
+        .post(app.url("/api/v1/execute"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    let big = format!(
+        "{{\"input\": {{\"name\": \"{}\"}}}}",
+        "x".repeat(11 * 1024 * 1024)
+    );
+    let r = app
+        .client
+        .post(app.url("/api/v1/workflows/greet/runs"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "payload_too_large");
+
+    // Nothing was half-stored by any of it.
+    let (_, runs) = app.get("/api/v1/runs").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn runs_start_wait_list_get_cancel() {
+    let app = spawn_app(CONFIG).await;
+    let (code, run) = app
+        .post(
+            "/api/v1/workflows/greet/runs?wait=10s",
+            json!({"input": {"name": "Ada"}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{run}");
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["output"], json!({"greeting": "hello Ada"}));
+    assert_eq!(run["steps"][0]["status"], "succeeded");
+    let id = run["id"].as_str().unwrap().to_owned();
+
+    let (code, got) = app.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(got["output"], run["output"]);
+
+    let second = app.start_run("greet", json!({"name": "Bob"})).await;
+    app.finished(&second).await;
+    let (code, page) = app.get("/api/v1/runs?workflow=greet&limit=1").await;
+    assert_eq!(code, 200);
+    assert_eq!(page["runs"][0]["id"], second.as_str());
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, next) = app
+        .get(&format!(
+            "/api/v1/runs?workflow=greet&limit=1&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(next["runs"][0]["id"], id.as_str());
+    let (_, failed) = app.get("/api/v1/runs?status=failed").await;
+    assert_eq!(failed["runs"].as_array().unwrap().len(), 0);
+    let (code, body) = app.get("/api/v1/runs?status=sideways").await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (code, _) = app.get("/api/v1/runs?limit=0").await;
+    assert_eq!(code, 400);
+
+    let (code, body) = app
+        .post(&format!("/api/v1/runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    let (code, _) = app.post("/api/v1/runs/nope/cancel", json!({})).await;
+    assert_eq!(code, 404);
+    let (code, _) = app.get("/api/v1/runs/nope").await;
+    assert_eq!(code, 404);
+    let (code, wf) = app.get("/api/v1/workflows").await;
+    assert_eq!((code, wf["workflows"].clone()), (200, json!(["greet"])));
+}
+
+#[tokio::test]
+async fn submission_errors_store_nothing() {
+    let app = spawn_app(CONFIG).await;
+    let (code, body) = app
+        .post("/api/v1/workflows/nope/runs", json!({"input": {}}))
+        .await;
+    assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
+    let (code, body) = app
+        .post(
+            "/api/v1/workflows/greet/runs",
+            json!({"input": {"age": "old"}}),
+        )
+        .await;
+    assert_eq!(code, 400, "{body}");
+    let details = body["details"].as_array().unwrap();
+    assert_eq!(details.len(), 2, "every violation is listed: {body}");
+    assert!(details.iter().any(|d| d.as_str().unwrap().contains("/age")));
+    assert!(details.iter().any(|d| d.as_str().unwrap().contains("name")));
+    let (code, _) = app
+        .post(
+            "/api/v1/workflows/greet/runs",
+            json!({"input": {"name": "x"}, "extra": 1}),
+        )
+        .await;
+    assert_eq!(code, 422);
+    let (code, _) = app
+        .post(
+            "/api/v1/workflows/greet/runs?wait=soon",
+            json!({"input": {"name": "x"}}),
+        )
+        .await;
+    assert_eq!(code, 400);
+    let (_, runs) = app.get("/api/v1/runs").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 0, "{runs}");
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_run() {
+    let app = spawn_app(CONFIG).await;
+    let send = || {
+        app.client
+            .post(app.url("/api/v1/workflows/greet/runs"))
+            .header("idempotency-key", "order-42")
+            .json(&json!({"input": {"name": "Ada"}}))
+            .send()
+    };
+    let first: Value = send().await.unwrap().json().await.unwrap();
+    let r = send().await.unwrap();
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    let second: Value = r.json().await.unwrap();
+    assert_eq!(first["run_id"], second["run_id"]);
+    let (_, runs) = app.get("/api/v1/runs").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn request_ids_unknown_routes_and_events_stream() {
+    let app = spawn_app(CONFIG).await;
+    let r = app
+        .client
+        .get(app.url("/version"))
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-123");
+    let r = app.client.get(app.url("/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().contains_key("x-request-id"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+
+    let id = app.start_run("greet", json!({"name": "Ada"})).await;
+    app.finished(&id).await;
+    let text = app.text(&format!("/api/v1/runs/{id}/events")).await;
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "run_started",
+            "step_started",
+            "step_succeeded",
+            "run_finished"
+        ],
+        "{text}"
+    );
+    assert!(text.contains("id: 4"));
+    // Resuming after event 2 replays the rest only.
+    let rest = app
+        .client
+        .get(app.url(&format!("/api/v1/runs/{id}/events")))
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = rest
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(kinds, ["step_succeeded", "run_finished"]);
+    let (code, _) = app.get("/api/v1/runs/nope/events").await;
+    assert_eq!(code, 404);
+    let text = app.text("/metrics").await;
+    assert!(
+        metric(
+            &text,
+            "http_requests_total",
+            &[("route", "/api/v1/runs/{id}/events"), ("code", "200")]
+        ) >= 2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "workflow_runs_total",
+            &[("workflow", "greet"), ("status", "succeeded")]
+        ),
+        1.0
+    );
+}

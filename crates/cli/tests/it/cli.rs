@@ -1,0 +1,153 @@
+//! The command line: validation errors, config show, run.
+
+use crate::helpers::flotilla;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn invalid_configs_list_every_problem_with_positions_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "bad.yaml",
+        "agents:\n  a: { kind: builtin, builtin: echo }\nworkflows:\n  w:\n    steps:\n      - id: one\n        agent: ghost\n      - id: two\n        agent: a\n        needs: [three]\n      - id: three\n        agent: a\n        needs: [two]\n",
+    );
+    let (code, _, stderr) = flotilla(dir.path(), &["validate", "--config", &path], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml:7:9: step `one` uses unknown agent `ghost`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("dependency cycle: two -> three -> two"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 problems"), "{stderr}");
+}
+
+#[test]
+fn invalid_yaml_unknown_fields_and_missing_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = write(dir.path(), "broken.yaml", "agents:\n  a: [unclosed\n");
+    let (code, _, stderr) = flotilla(dir.path(), &["validate", "--config", &yaml], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("broken.yaml:") && stderr.contains("invalid YAML"),
+        "{stderr}"
+    );
+
+    let unknown = write(dir.path(), "typo.yaml", "server:\n  listne: 1.2.3.4:5\n");
+    let (code, _, stderr) = flotilla(dir.path(), &["validate", "--config", &unknown], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("typo.yaml:2:3: server.listne: unknown field `listne`"),
+        "{stderr}"
+    );
+
+    let env = write(
+        dir.path(),
+        "env.yaml",
+        "storage:\n  url: \"postgres://app:${DB_PASSWORD}@db/f\"\n",
+    );
+    let (code, _, stderr) = flotilla(dir.path(), &["validate", "--config", &env], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("env.yaml:2:8: environment variable `DB_PASSWORD` is not set"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = flotilla(dir.path(), &["validate", "--config", "missing.yaml"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("cannot read config file missing.yaml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn layering_overlays_env_and_redaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = write(
+        dir.path(),
+        "flotilla.yaml",
+        "server: { listen: \"127.0.0.1:1000\" }\nllm:\n  providers: { openai: { base_url: \"https://api.example/v1\", api_key: \"${OPENAI_KEY}\" } }\n",
+    );
+    write(
+        dir.path(),
+        "flotilla.production.yaml",
+        "server: { listen: \"127.0.0.1:2000\", shutdown_grace: 5s }\n",
+    );
+    let (code, out, stderr) = flotilla(
+        dir.path(),
+        &["config", "show", "--config", &base, "--env", "production"],
+        &[
+            ("OPENAI_KEY", "sk-live-canary-123"),
+            ("FLOTILLA_STORAGE__URL", "sqlite://other.db"),
+            ("FLOTILLA_ENGINE__MAX_CONCURRENCY", "7"),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("listen: 127.0.0.1:2000"), "{out}");
+    assert!(out.contains("shutdown_grace: 5s"), "{out}");
+    assert!(out.contains("url: sqlite://other.db"), "{out}");
+    assert!(out.contains("max_concurrency: 7"), "{out}");
+    assert!(
+        out.contains("api_key: '***'") || out.contains("api_key: \"***\""),
+        "{out}"
+    );
+    assert!(!out.contains("sk-live-canary-123"));
+    let (code, out, _) = flotilla(
+        dir.path(),
+        &["config", "show", "--config", &base],
+        &[
+            ("OPENAI_KEY", "x"),
+            ("DATABASE_URL", "postgres://u:hunter2@db/f"),
+        ],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("postgres://u:***@db/f"), "{out}");
+    assert!(!out.contains("hunter2"));
+}
+
+#[test]
+fn run_prints_the_output_on_stdout_and_progress_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = flotilla(
+        dir.path(),
+        &[
+            "run",
+            "travel_planning",
+            "--input",
+            r#"{"destination": "Oslo", "budget": 2000}"#,
+        ],
+        &[("LOG_LEVEL", "warn")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["destination"], "Oslo");
+    assert_eq!(v["accommodation"]["hotel"], "Hotel Oslo");
+    assert!(err.contains("step_succeeded"), "{err}");
+    assert!(
+        dir.path().join("flotilla.db").exists(),
+        "the demo uses ./flotilla.db"
+    );
+
+    let (code, _, err) = flotilla(
+        dir.path(),
+        &["run", "travel_planning", "--input", "{}"],
+        &[("LOG_LEVEL", "warn")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("destination"), "{err}");
+    let (code, _, err) = flotilla(
+        dir.path(),
+        &["run", "travel_planning", "--input", "{not json"],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("--input is not valid JSON"), "{err}");
+}

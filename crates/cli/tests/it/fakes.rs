@@ -1,0 +1,161 @@
+//! Local HTTP fakes: a counting agent service and a fake OpenAI-compatible provider.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+/// What the fake agent saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Calls per `Idempotency-Key`.
+    pub calls: HashMap<String, u32>,
+    /// Every call in order: (key, action, headers of interest).
+    pub log: Vec<(String, String, Value)>,
+}
+
+/// A counting http agent. Input fields script it: `fail_times` (fail the first N calls of a
+/// key with 500), `sleep_ms` (answer after a delay), `fail` (always 422).
+pub struct FakeAgent {
+    pub url: String,
+    pub seen: Arc<Mutex<Seen>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeAgent {
+    pub fn calls(&self, key: &str) -> u32 {
+        self.seen
+            .lock()
+            .unwrap()
+            .calls
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+    pub fn actions(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .map(|(_, a, _)| a.clone())
+            .collect()
+    }
+}
+
+async fn agent(
+    State(seen): State<Arc<Mutex<Seen>>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let action = body["action"].as_str().unwrap_or("").to_owned();
+    let n = {
+        let mut s = seen.lock().unwrap();
+        let n = {
+            let c = s.calls.entry(key.clone()).or_insert(0);
+            *c += 1;
+            *c
+        };
+        s.log.push((
+            key.clone(),
+            action.clone(),
+            json!({"traceparent": traceparent, "attempt": body["attempt"]}),
+        ));
+        n
+    };
+    let input = &body["input"];
+    if let Some(ms) = input["sleep_ms"].as_u64() {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if input["fail"].as_bool() == Some(true) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": "refused"})),
+        );
+    }
+    if input["fail_times"]
+        .as_u64()
+        .is_some_and(|f| u64::from(n) <= f)
+    {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "flaky"})),
+        );
+    }
+    (
+        StatusCode::OK,
+        Json(json!({"output": {"action": action, "call": n, "input": input}})),
+    )
+}
+
+pub async fn fake_agent() -> FakeAgent {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let app = Router::new()
+        .route("/run", post(agent))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/run", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    FakeAgent {
+        url,
+        seen,
+        _task: task,
+    }
+}
+
+/// A fake OpenAI-compatible chat-completions provider: answers `content` with fixed usage,
+/// and records every request body and Authorization header.
+pub struct FakeLlm {
+    pub base_url: String,
+    pub requests: Arc<Mutex<Vec<(Value, String)>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn fake_llm(content: &'static str) -> FakeLlm {
+    let requests: Arc<Mutex<Vec<(Value, String)>>> = Arc::default();
+    let r2 = requests.clone();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |headers: HeaderMap, Json(body): Json<Value>| {
+            let r2 = r2.clone();
+            async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                r2.lock().unwrap().push((body, auth));
+                Json(json!({
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    FakeLlm {
+        base_url,
+        requests,
+        _task: task,
+    }
+}

@@ -1,0 +1,244 @@
+//! Starting, stopping and talking to a real `flotilla serve`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+
+/// A running server and its files.
+pub struct TestApp {
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub client: reqwest::Client,
+}
+
+/// Writes `yaml` (with the storage pointed at a temp dir) and starts a server on it.
+pub async fn spawn_app(yaml: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("flotilla.yaml");
+    let db = dir.path().join("flotilla.db");
+    let text = format!("storage: {{ url: \"sqlite://{}\" }}\n{yaml}", db.display());
+    std::fs::write(&config, text).unwrap();
+    let mut app = TestApp {
+        addr: String::new(),
+        dir,
+        config,
+        child: None,
+        logs: Arc::new(Mutex::new(Vec::new())),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    };
+    app.start().await;
+    app
+}
+
+impl TestApp {
+    /// Starts (or restarts) the server on the same config and database.
+    pub async fn start(&mut self) {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("LOG_LEVEL", "info")
+            .env_remove("FLOTILLA_ENV")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the flotilla binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let logs = self.logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("listening on"))
+                {
+                    let _ = tx.send(v["address"].as_str().unwrap_or_default().to_owned());
+                }
+                logs.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server did not log its address; logs:\n{}",
+                    self.logs.lock().unwrap().join("\n")
+                )
+            });
+        self.addr = format!("http://{addr}");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.client.get(self.url("/ready")).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "server never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Starts a run and returns its id.
+    pub async fn start_run(&self, workflow: &str, input: Value) -> String {
+        let (code, body) = self
+            .post(
+                &format!("/api/v1/workflows/{workflow}/runs"),
+                serde_json::json!({"input": input}),
+            )
+            .await;
+        assert_eq!(code, 202, "{body}");
+        body["run_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls a run until `pred` holds (bounded).
+    pub async fn wait_run(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, run) = self.get(&format!("/api/v1/runs/{id}")).await;
+            if code == 200 && pred(&run) {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} never reached the expected state: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for a run to finish.
+    pub async fn finished(&self, id: &str) -> Value {
+        self.wait_run(id, |r| {
+            !matches!(r["status"].as_str(), Some("queued" | "running"))
+        })
+        .await
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A step of a run by id.
+pub fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {run}"))
+}
+
+/// Runs the binary with arguments in a directory; returns (status code, stdout, stderr).
+pub fn flotilla(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("FLOTILLA_ENV")
+        .env_remove("DATABASE_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A metric's value from the exposition (sum over series matching all `labels`).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

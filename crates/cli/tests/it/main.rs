@@ -1,0 +1,9 @@
+//! Black-box tests: the real `flotilla` binary on port 0 with a fresh database per test.
+
+mod agents;
+mod api;
+mod cli;
+mod durability;
+mod engine;
+mod fakes;
+mod helpers;
