@@ -89,7 +89,7 @@ fn config(store: &str, relaxed: bool) -> anyhow::Result<Config> {
 
 async fn one(engine: &Engine, workflow: &str, i: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let sub = engine
+    let mut sub = engine
         .submit(
             workflow,
             Submission {
@@ -98,8 +98,8 @@ async fn one(engine: &Engine, workflow: &str, i: usize) -> anyhow::Result<Durati
             },
         )
         .await?;
-    let outcome = engine
-        .wait_outcome(&sub.run_id, Duration::from_secs(60))
+    let outcome = sub
+        .outcome(Duration::from_secs(60))
         .await
         .context("a workflow did not finish within 60s")?;
     if outcome.status != RunStatus::Succeeded {

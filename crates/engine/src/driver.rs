@@ -77,7 +77,14 @@ pub(crate) struct Driver {
     last_agent: Option<String>,
     trace_id: String,
     work: JoinSet<Report>,
+    /// Records that need not be durable yet (a step's start): they ride along with the next
+    /// commit, or are queued on their own after [`DEFER`].
+    deferred: Vec<Write>,
+    deferred_since: Option<Instant>,
 }
+
+/// How long a record that need not be durable may wait for a commit to ride along with.
+const DEFER: Duration = Duration::from_millis(2);
 
 impl Driver {
     pub(crate) fn new(
@@ -112,6 +119,8 @@ impl Driver {
             last_agent: None,
             trace_id: format!("{:032x}", rand::random::<u128>()),
             work: JoinSet::new(),
+            deferred: Vec::new(),
+            deferred_since: None,
         }
     }
 
@@ -140,6 +149,7 @@ impl Driver {
                 return;
             }
             let deadline = self.deadline;
+            let flush_at = self.deferred_since.map(|t| t + DEFER);
             tokio::select! {
                 Some(joined) = self.work.join_next() => {
                     if let Ok(r) = joined {
@@ -150,6 +160,10 @@ impl Driver {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.deadline = None;
                     batch.push(Event::Deadline);
+                }
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+                    self.deferred_since = None;
+                    self.shared.store.enqueue(std::mem::take(&mut self.deferred));
                 }
                 else => {
                     tracing::error!(run_id = %self.run_id, "run has nothing left to wait for; failing it");
@@ -403,9 +417,13 @@ impl Driver {
             writes.push(Write::Event(w.clone()));
         }
         if critical {
-            self.commit(writes).await;
+            let mut all = std::mem::take(&mut self.deferred);
+            self.deferred_since = None;
+            all.extend(writes);
+            self.commit(all).await;
         } else if !writes.is_empty() {
-            self.shared.store.enqueue(writes);
+            self.deferred.extend(writes);
+            self.deferred_since.get_or_insert_with(Instant::now);
         }
         for e in events {
             let _ = self.shared.events.send(e);

@@ -118,6 +118,20 @@ pub struct Submitted {
     /// Whether the idempotency key matched an earlier run.
     #[serde(skip)]
     pub existing: bool,
+    #[serde(skip)]
+    done: Option<watch::Receiver<Option<Arc<RunOutcome>>>>,
+}
+
+impl Submitted {
+    /// Waits up to `timeout` for the run started by this submission to end. `None` when it
+    /// did not end in time, or when the submission found an earlier run (see `existing`).
+    pub async fn outcome(&mut self, timeout: Duration) -> Option<RunOutcome> {
+        let done = self.done.as_mut()?;
+        match tokio::time::timeout(timeout, done.wait_for(Option::is_some)).await {
+            Ok(Ok(v)) => v.as_deref().cloned(),
+            _ => None,
+        }
+    }
 }
 
 /// A one-step task (`POST /api/v1/execute`).
@@ -317,7 +331,7 @@ impl Engine {
                     driver.restore_step(i, s);
                 }
             }
-            self.spawn(record.id.clone(), driver);
+            let _ = self.spawn(record.id.clone(), driver);
         }
         Ok(())
     }
@@ -349,7 +363,7 @@ impl Engine {
         Ok(c)
     }
 
-    fn spawn(&self, run_id: String, driver: Driver) {
+    fn spawn(&self, run_id: String, driver: Driver) -> watch::Receiver<Option<Arc<RunOutcome>>> {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (done_tx, done) = watch::channel(None);
         let mut runs = self.shared.runs();
@@ -357,7 +371,7 @@ impl Engine {
             run_id.clone(),
             RunHandle {
                 control,
-                done,
+                done: done.clone(),
                 task: None,
             },
         );
@@ -365,6 +379,7 @@ impl Engine {
         if let Some(h) = runs.get_mut(&run_id) {
             h.task = Some(task.abort_handle());
         }
+        done
     }
 
     /// Starts a run of a configured workflow; returns once the run is durably accepted.
@@ -457,17 +472,19 @@ impl Engine {
                     run_id: existing,
                     status,
                     existing: true,
+                    done: None,
                 })
             }
             CreateOutcome::Created => {
                 let state = RunState::new(compiled.dag.len());
                 let driver =
                     Driver::new(self.shared.clone(), compiled, &record, priority, state, 0);
-                self.spawn(id.clone(), driver);
+                let done = self.spawn(id.clone(), driver);
                 Ok(Submitted {
                     run_id: id,
                     status: RunStatus::Queued,
                     existing: false,
+                    done: Some(done),
                 })
             }
         }
@@ -529,11 +546,11 @@ impl Engine {
             metadata: task.metadata,
             idempotency_key: None,
         };
-        let submitted = self
+        let mut submitted = self
             .start_run(compiled, RunKind::Task, sub, priority)
             .await?;
-        let outcome = self
-            .wait_outcome(&submitted.run_id, timeout + Duration::from_secs(1))
+        let outcome = submitted
+            .outcome(timeout + Duration::from_secs(1))
             .await
             .unwrap_or(RunOutcome {
                 status: RunStatus::Running,
@@ -549,9 +566,7 @@ impl Engine {
         })
     }
 
-    /// Waits up to `timeout` for a run executing in this process to end; `None` if it is not
-    /// executing here or did not end in time.
-    pub async fn wait_outcome(&self, run_id: &str, timeout: Duration) -> Option<RunOutcome> {
+    async fn wait_outcome(&self, run_id: &str, timeout: Duration) -> Option<RunOutcome> {
         let mut done = self.shared.runs().get(run_id).map(|h| h.done.clone())?;
         let waited = tokio::time::timeout(timeout, done.wait_for(Option::is_some)).await;
         match waited {

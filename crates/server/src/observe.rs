@@ -8,7 +8,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 use flotilla_engine::metrics::HttpLabels;
 
+use axum::response::IntoResponse;
+
 use crate::AppState;
+use crate::error::ApiError;
 use crate::extract::BodyLimit;
 
 tokio::task_local! {
@@ -37,7 +40,21 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     let method = req.method().to_string();
     req.extensions_mut().insert(BodyLimit(state.body_limit));
     let started = Instant::now();
-    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = state.body_limit;
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), async move {
+            // Refuse a body declared too large before reading any of it.
+            match declared {
+                Some(len) if len > limit => ApiError::PayloadTooLarge(limit).into_response(),
+                _ => next.run(req).await,
+            }
+        })
+        .await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
