@@ -41,7 +41,6 @@ pub struct SqliteStore {
     path: PathBuf,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
-    checkpointer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     readers: Arc<Mutex<Vec<Connection>>>,
     options: SqliteOptions,
     _lock: File,
@@ -113,22 +112,14 @@ impl SqliteStore {
             )));
         }
         let conn = open_conn(&path, options.durable)?;
-        // Checkpoints run beside the writer, not inside a commit that someone waits for.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("flotilla-sqlite-writer".into())
             .spawn(move || writer::run(conn, rx))?;
-        let checkpoint_conn = open_conn(&path, options.durable)?;
-        let (stop_tx, stop_rx) = mpsc::channel();
-        let checkpointer = std::thread::Builder::new()
-            .name("flotilla-sqlite-checkpoint".into())
-            .spawn(move || writer::checkpoint_loop(checkpoint_conn, stop_rx))?;
         Ok(Self {
             path,
             jobs: Some(tx),
             writer: Some(writer),
-            checkpointer: Some((stop_tx, checkpointer)),
             readers: Arc::new(Mutex::new(Vec::new())),
             options,
             _lock: lock,
@@ -182,10 +173,6 @@ impl Drop for SqliteStore {
         self.jobs.take();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
-        }
-        if let Some((stop, handle)) = self.checkpointer.take() {
-            drop(stop);
-            let _ = handle.join();
         }
     }
 }

@@ -229,15 +229,3 @@ fn apply(tx: &rusqlite::Transaction<'_>, writes: &[Write]) -> Result<()> {
     }
     Ok(())
 }
-
-/// Copies the WAL back into the database every so often (PASSIVE: never blocks the writer),
-/// until `stop` closes.
-pub(crate) fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
-    let every = std::time::Duration::from_millis(500);
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(error = %e, "wal checkpoint skipped");
-        }
-    }
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-}
