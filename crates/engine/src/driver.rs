@@ -14,12 +14,9 @@ use tokio::time::Instant;
 
 use crate::agents::{AgentError, AgentRequest, AgentResponse};
 use crate::backoff::retry_delay;
-use crate::breaker::Transition;
 use crate::clock::now_ms;
 use crate::engine::{Compiled, RunOutcome, Shared};
-use crate::metrics::{
-    AgentLabels, AgentStatusLabels, WorkflowLabels, WorkflowStatusLabels, WorkflowStepLabels,
-};
+use crate::metrics::{WorkflowLabels, WorkflowStatusLabels, WorkflowStepLabels};
 use crate::scheduler::{self, Action, Condition, Event, Outcome, RunState, StopReason};
 
 /// Messages from the engine to a run.
@@ -799,66 +796,6 @@ async fn call(
         Ok(e) => e,
         Err(e) => return (None, Err(e)),
     };
-    let _global = shared.gate.acquire(priority).await;
-    let _own = match &entry.gate {
-        Some(g) => Some(g.acquire(priority).await),
-        None => None,
-    };
-    let m = &shared.metrics;
-    let agent = AgentLabels {
-        agent: entry.name.clone(),
-    };
-    if let Err(rejected) = entry.breaker.try_acquire(Instant::now()) {
-        let message = format!(
-            "circuit open for agent `{}`; next probe in {:?}",
-            entry.name, rejected.retry_in
-        );
-        return (
-            Some(entry.name.clone()),
-            Err(AgentError::Unavailable(message)),
-        );
-    }
-    entry
-        .in_flight
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    entry
-        .calls
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    m.agent_in_progress.get_or_create(&agent).inc();
-    let started = std::time::Instant::now();
-    let result = match tokio::time::timeout(timeout, entry.runtime.call(&req)).await {
-        Ok(r) => r,
-        Err(_) => Err(AgentError::Timeout(timeout)),
-    };
-    m.agent_in_progress.get_or_create(&agent).dec();
-    entry
-        .in_flight
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    m.agent_duration
-        .get_or_create(&agent)
-        .observe(started.elapsed().as_secs_f64());
-    let status = if result.is_ok() { "success" } else { "error" };
-    m.agent_tasks
-        .get_or_create(&AgentStatusLabels {
-            agent: entry.name.clone(),
-            status: status.into(),
-        })
-        .inc();
-    if result.is_err() {
-        entry
-            .errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    let now = Instant::now();
-    if entry.breaker.record(result.is_ok(), now) == Transition::Opened {
-        m.circuit_opened.get_or_create(&agent).inc();
-        tracing::warn!(agent = %entry.name, "circuit opened");
-    }
-    m.circuit_state
-        .get_or_create(&agent)
-        .set(entry.breaker.state(now) as i64);
-    if let Err(e) = &result {
-        tracing::debug!(run_id = %req.run_id, step_id = %req.step_id, agent = %entry.name, attempt = req.attempt, error = %e, "agent call failed");
-    }
+    let result = entry.call(&shared.gate, &req, timeout, priority).await;
     (Some(entry.name.clone()), result)
 }

@@ -317,7 +317,7 @@ impl Engine {
                 .await?
                 .last()
                 .map_or(0, |e| e.seq);
-            let priority = parse_priority(&record.priority);
+            let priority = Priority::parse(&record.priority).unwrap_or_default();
             let mut driver = Driver::new(
                 self.shared.clone(),
                 compiled.clone(),
@@ -762,13 +762,5 @@ impl Engine {
         for task in left {
             task.abort();
         }
-    }
-}
-
-fn parse_priority(s: &str) -> Priority {
-    match s {
-        "high" => Priority::High,
-        "low" => Priority::Low,
-        _ => Priority::Medium,
     }
 }

@@ -6,14 +6,57 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use flotilla_spec::{AgentConfig, AgentKind, CircuitBreakerConfig, Config};
+use flotilla_spec::{AgentConfig, AgentKind, Config};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::agents::{self, Agent, AgentError, HttpAgent};
-use crate::breaker::{Breaker, CircuitState};
+use flotilla_spec::Priority;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::agents::{self, Agent, AgentError, AgentRequest, AgentResponse, HttpAgent};
+use crate::breaker::{Breaker, CircuitState, Transition};
 use crate::gate::Gate;
-use crate::metrics::{AgentIdLabels, AgentLabels, Metrics};
+use crate::metrics::{AgentIdLabels, AgentLabels, AgentStatusLabels, Metrics};
+
+/// An agent's series in the metrics catalogue, looked up once rather than per call.
+struct AgentSeries {
+    in_progress: Gauge,
+    duration: Histogram,
+    success: Counter,
+    error: Counter,
+    circuit_state: Gauge,
+    circuit_opened: Counter,
+}
+
+impl AgentSeries {
+    fn new(name: &str, m: &Metrics) -> Self {
+        let agent = AgentLabels {
+            agent: name.to_owned(),
+        };
+        let status = |s: &str| AgentStatusLabels {
+            agent: name.to_owned(),
+            status: s.into(),
+        };
+        // One statement per series: `get_or_create` holds the family's read lock until the end
+        // of its statement, and creating a second series of the same family needs its write lock.
+        let in_progress = m.agent_in_progress.get_or_create(&agent).clone();
+        let duration = m.agent_duration.get_or_create(&agent).clone();
+        let success = m.agent_tasks.get_or_create(&status("success")).clone();
+        let error = m.agent_tasks.get_or_create(&status("error")).clone();
+        let circuit_state = m.circuit_state.get_or_create(&agent).clone();
+        let circuit_opened = m.circuit_opened.get_or_create(&agent).clone();
+        Self {
+            in_progress,
+            duration,
+            success,
+            error,
+            circuit_state,
+            circuit_opened,
+        }
+    }
+}
 
 /// One agent with its runtime state.
 pub struct AgentEntry {
@@ -41,9 +84,63 @@ pub struct AgentEntry {
     pub errors: AtomicU64,
     healthy: AtomicBool,
     expires: Option<Mutex<Instant>>,
+    series: AgentSeries,
 }
 
 impl AgentEntry {
+    /// One call under the global and the agent's own concurrency limits, its circuit breaker
+    /// and the attempt timeout, recorded in the metrics.
+    pub async fn call(
+        &self,
+        global: &Arc<Gate>,
+        req: &AgentRequest,
+        timeout: Duration,
+        priority: Priority,
+    ) -> Result<AgentResponse, AgentError> {
+        let _global = global.acquire(priority).await;
+        let _own = match &self.gate {
+            Some(g) => Some(g.acquire(priority).await),
+            None => None,
+        };
+        if let Err(rejected) = self.breaker.try_acquire(Instant::now()) {
+            return Err(AgentError::Unavailable(format!(
+                "circuit open for agent `{}`; next probe in {:?}",
+                self.name, rejected.retry_in
+            )));
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.series.in_progress.inc();
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, self.runtime.call(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(AgentError::Timeout(timeout)),
+        };
+        self.series.in_progress.dec();
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.series
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => self.series.success.inc(),
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(run_id = %req.run_id, step_id = %req.step_id, agent = %self.name,
+                    attempt = req.attempt, error = %e, "agent call failed");
+                self.series.error.inc()
+            }
+        };
+        let now = Instant::now();
+        if self.breaker.record(result.is_ok(), now) == Transition::Opened {
+            self.series.circuit_opened.inc();
+            tracing::warn!(agent = %self.name, "circuit opened");
+        }
+        self.series
+            .circuit_state
+            .set(self.breaker.state(now) as i64);
+        result
+    }
+
     /// Healthy: its probe passes (http) and its circuit is not open.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -178,6 +275,7 @@ impl Registry {
             errors: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             expires: expires.map(Mutex::new),
+            series: AgentSeries::new(name, metrics),
         }
     }
 
@@ -263,25 +361,8 @@ impl Registry {
             kind: AgentKind::Http,
             description: reg.description.clone(),
             capabilities: reg.capabilities.clone(),
-            timeout: None,
-            max_concurrency: None,
-            circuit_breaker: CircuitBreakerConfig::default(),
-            builtin: None,
-            template: None,
-            delay: None,
-            failure_rate: None,
             endpoints: reg.endpoints.clone(),
-            health_path: None,
-            headers: BTreeMap::new(),
-            command: Vec::new(),
-            env: BTreeMap::new(),
-            working_dir: None,
-            provider: None,
-            model: None,
-            system: None,
-            temperature: None,
-            max_tokens: None,
-            response_schema: None,
+            ..AgentConfig::default()
         };
         let runtime: Arc<dyn Agent> = Arc::new(HttpAgent::new(
             reg.endpoints.clone(),

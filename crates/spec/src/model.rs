@@ -227,10 +227,11 @@ pub struct ModelPrice {
 }
 
 /// What runs an agent.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentKind {
     /// Built into flotilla (echo, template, sleep, fail).
+    #[default]
     Builtin,
     /// A remote HTTP service.
     Http,
@@ -254,8 +255,8 @@ pub enum BuiltinKind {
     Fail,
 }
 
-/// One agent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One agent. (`kind` is required in a file; `Default` serves agents built in code.)
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// builtin | http | command | llm.
@@ -376,6 +377,16 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// Parses a lowercase name.
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "low" => Some(Priority::Low),
+            "medium" => Some(Priority::Medium),
+            "high" => Some(Priority::High),
+            _ => None,
+        }
+    }
+
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
