@@ -482,16 +482,24 @@ impl Driver {
         }
     }
 
+    fn context_value(&self) -> Value {
+        context_value(
+            &self.compiled,
+            &self.outputs,
+            &self.input,
+            &self.metadata,
+            &self.run_id,
+        )
+    }
+
+    fn context(&self) -> minijinja::Value {
+        template::context(&self.context_value())
+    }
+
     fn final_output(&self, status: RunStatus) -> (Option<Value>, Option<String>) {
         match status {
             RunStatus::Succeeded => {
-                let ctx = context(
-                    &self.compiled,
-                    &self.outputs,
-                    &self.input,
-                    &self.metadata,
-                    &self.run_id,
-                );
+                let ctx = self.context();
                 match &self.compiled.workflow.output {
                     Some(tpl) => match template::render_value(tpl, &ctx) {
                         Ok(v) => (Some(v), None),
@@ -624,13 +632,7 @@ impl Driver {
         let needs_ctx =
             spec.input.is_some() || spec.prompt.is_some() || spec.instructions.is_some();
         let rendered = if needs_ctx {
-            let ctx = context(
-                &self.compiled,
-                &self.outputs,
-                &self.input,
-                &self.metadata,
-                &self.run_id,
-            );
+            let ctx = self.context();
             let render = |t: &Option<String>| {
                 t.as_deref()
                     .map(|t| template::render_str(t, &ctx))
@@ -713,13 +715,7 @@ impl Driver {
         let output = self.outputs[step].clone().unwrap_or(Value::Null);
         let input = match &comp.input {
             Some(tpl) => {
-                let mut ctx_value = context_value(
-                    &self.compiled,
-                    &self.outputs,
-                    &self.input,
-                    &self.metadata,
-                    &self.run_id,
-                );
+                let mut ctx_value = self.context_value();
                 ctx_value["output"] = output.clone();
                 template::render_value(tpl, &template::context(&ctx_value)).unwrap_or(output)
             }

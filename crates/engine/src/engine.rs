@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use flotilla_spec::{Config, Priority, Step, Workflow};
 use flotilla_store::{
-    CreateOutcome, EventRecord, NewRun, RunKind, RunQuery, RunRecord, RunStatus, StepStatus, Store,
+    CreateOutcome, EventRecord, NewRun, RunKind, RunQuery, RunRecord, RunStatus, StepRecord,
+    StepStatus, Store,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -164,58 +165,6 @@ pub struct TaskResult {
     pub outcome: RunOutcome,
     /// Milliseconds from submission to end.
     pub duration_ms: u64,
-}
-
-/// A run as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunView {
-    /// Run id.
-    pub id: String,
-    /// `workflow` or `task`.
-    pub kind: RunKind,
-    /// Workflow name.
-    pub workflow: String,
-    /// Status.
-    pub status: RunStatus,
-    /// Priority.
-    pub priority: String,
-    /// Input.
-    pub input: Value,
-    /// Metadata.
-    pub metadata: Value,
-    /// Output.
-    pub output: Option<Value>,
-    /// Error.
-    pub error: Option<String>,
-    /// Pinned definition hash.
-    pub definition_hash: String,
-    /// Unix ms.
-    pub created_at: i64,
-    /// Unix ms.
-    pub updated_at: i64,
-    /// Unix ms.
-    pub finished_at: Option<i64>,
-    /// Every step of the definition, in declaration order.
-    pub steps: Vec<StepView>,
-}
-
-/// A step as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepView {
-    /// Step id.
-    pub id: String,
-    /// Status.
-    pub status: StepStatus,
-    /// Attempts started.
-    pub attempts: u32,
-    /// Output.
-    pub output: Option<Value>,
-    /// Last error.
-    pub error: Option<String>,
-    /// Unix ms.
-    pub started_at: Option<i64>,
-    /// Unix ms.
-    pub finished_at: Option<i64>,
 }
 
 /// The engine.
@@ -576,7 +525,7 @@ impl Engine {
     }
 
     /// Waits up to `timeout` for a run to finish, then shows it (finished or not).
-    pub async fn wait(&self, run_id: &str, timeout: Duration) -> Result<RunView> {
+    pub async fn wait(&self, run_id: &str, timeout: Duration) -> Result<RunRecord> {
         let _ = self.wait_outcome(run_id, timeout).await;
         self.run(run_id)
             .await?
@@ -584,7 +533,7 @@ impl Engine {
     }
 
     /// Cancels a run and returns it as it ended.
-    pub async fn cancel(&self, run_id: &str) -> Result<RunView> {
+    pub async fn cancel(&self, run_id: &str) -> Result<RunRecord> {
         let done = {
             let runs = self.shared.runs();
             runs.get(run_id).map(|h| {
@@ -612,7 +561,7 @@ impl Engine {
     }
 
     /// A run with every step of its pinned definition.
-    pub async fn run(&self, run_id: &str) -> Result<Option<RunView>> {
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
         match self.shared.store.run(run_id).await? {
             Some(r) => Ok(Some(self.view(r).await?)),
             None => Ok(None),
@@ -620,7 +569,7 @@ impl Engine {
     }
 
     /// Runs, newest first.
-    pub async fn list(&self, query: &RunQuery) -> Result<Vec<RunView>> {
+    pub async fn list(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
         let mut out = Vec::new();
         for r in self.shared.store.list_runs(query).await? {
             out.push(self.view(r).await?);
@@ -628,54 +577,29 @@ impl Engine {
         Ok(out)
     }
 
-    async fn view(&self, r: RunRecord) -> Result<RunView> {
+    /// Completes a stored run with every step of its pinned definition, in declaration
+    /// order (steps without a record yet are pending).
+    async fn view(&self, mut r: RunRecord) -> Result<RunRecord> {
         let compiled = self.definition(&r.definition_hash, &r.workflow).await?;
-        let mut by_id: HashMap<String, flotilla_store::StepRecord> = r
-            .steps
-            .into_iter()
-            .map(|s| (s.step_id.clone(), s))
-            .collect();
-        let steps = compiled
+        let mut by_id: HashMap<String, StepRecord> =
+            r.steps.drain(..).map(|s| (s.step_id.clone(), s)).collect();
+        r.steps = compiled
             .dag
             .ids
             .iter()
-            .map(|id| match by_id.remove(id) {
-                Some(s) => StepView {
-                    id: id.clone(),
-                    status: s.status,
-                    attempts: s.attempts,
-                    output: s.output,
-                    error: s.error,
-                    started_at: s.started_at,
-                    finished_at: s.finished_at,
-                },
-                None => StepView {
-                    id: id.clone(),
+            .map(|id| {
+                by_id.remove(id).unwrap_or_else(|| StepRecord {
+                    step_id: id.clone(),
                     status: StepStatus::Pending,
                     attempts: 0,
                     output: None,
                     error: None,
                     started_at: None,
                     finished_at: None,
-                },
+                })
             })
             .collect();
-        Ok(RunView {
-            id: r.id,
-            kind: r.kind,
-            workflow: r.workflow,
-            status: r.status,
-            priority: r.priority,
-            input: r.input,
-            metadata: r.metadata,
-            output: r.output,
-            error: r.error,
-            definition_hash: r.definition_hash,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            finished_at: r.finished_at,
-            steps,
-        })
+        Ok(r)
     }
 
     /// Stored events of a run after `after_seq`.

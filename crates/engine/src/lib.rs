@@ -33,8 +33,6 @@ pub mod registry;
 pub mod scheduler;
 
 pub use clock::now_ms;
-pub use engine::{
-    Engine, RunOutcome, RunView, StepView, Submission, Submitted, TaskRequest, TaskResult,
-};
+pub use engine::{Engine, RunOutcome, Submission, Submitted, TaskRequest, TaskResult};
 pub use error::{EngineError, Result};
 pub use registry::{AgentStatus, Registration, RegistrationError};

@@ -164,6 +164,7 @@ pub struct RunRecord {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StepRecord {
     /// Step id.
+    #[serde(rename = "id")]
     pub step_id: String,
     /// Status.
     pub status: StepStatus,
