@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use flotilla_engine::Engine;
 use flotilla_engine::metrics::Metrics;
 use flotilla_spec::{Config, Durability};
-use flotilla_store::{SqliteOptions, SqliteStore, Store};
+use flotilla_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use tokio::sync::watch;
 
 use crate::settings::{self, ConfigArgs};
@@ -29,7 +29,14 @@ pub struct ServeArgs {
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = &config.storage.url;
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        bail!("storage.url: PostgreSQL storage is not available in this build; use sqlite://PATH");
+        let options = PostgresOptions {
+            pool_size: config.storage.pool_size,
+            connect_timeout: config.storage.connect_timeout.0,
+            statement_timeout: config.storage.statement_timeout.0,
+        };
+        let store = PostgresStore::connect(url, options)
+            .with_context(|| format!("opening {}", flotilla_spec::redact::redact_url(url)))?;
+        return Ok(Arc::new(store));
     }
     let options = SqliteOptions {
         durable: config.storage.durability == Durability::Durable,

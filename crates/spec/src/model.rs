@@ -100,6 +100,19 @@ pub struct StorageConfig {
     /// `relaxed`: commits survive a process crash but not a power loss.
     #[serde(default)]
     pub durability: Durability,
+    /// PostgreSQL: longest wait for a connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// PostgreSQL: longest a statement may run.
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout: Dur,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur::secs(5)
+}
+fn default_statement_timeout() -> Dur {
+    Dur::secs(30)
 }
 
 /// How hard a commit is pushed to disk.
@@ -126,6 +139,8 @@ impl Default for StorageConfig {
             url: default_storage_url(),
             pool_size: default_pool(),
             durability: Durability::Durable,
+            connect_timeout: default_connect_timeout(),
+            statement_timeout: default_statement_timeout(),
         }
     }
 }

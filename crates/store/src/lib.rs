@@ -14,9 +14,11 @@
 //! # Ok(()) }
 //! ```
 
+mod postgres;
 mod record;
 mod sqlite;
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use record::*;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
@@ -43,6 +45,9 @@ pub enum StoreError {
     /// A file operation (lock file, backup) failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The database server cannot be reached or refused the operation.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Result alias of this crate.

@@ -185,7 +185,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, writes: &[Write]) -> Result<()> {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT(run_id, step_id) DO UPDATE SET status = excluded.status,
                        attempts = excluded.attempts, output = excluded.output, error = excluded.error,
-                       started_at = excluded.started_at, finished_at = excluded.finished_at",
+                       started_at = excluded.started_at, finished_at = excluded.finished_at
+                     WHERE steps.status IN ('pending', 'running')
+                        OR (steps.status = 'succeeded' AND excluded.status IN ('succeeded', 'compensated'))",
                 )?
                 .execute(params![
                     run_id,
@@ -208,7 +210,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, writes: &[Write]) -> Result<()> {
                 let finished = status.is_terminal().then_some(*at);
                 tx.prepare_cached(
                     "UPDATE runs SET status = ?2, output = COALESCE(?3, output), error = COALESCE(?4, error),
-                       updated_at = ?5, finished_at = COALESCE(?6, finished_at) WHERE id = ?1",
+                       updated_at = ?5, finished_at = COALESCE(?6, finished_at)
+                     WHERE id = ?1 AND status IN ('queued', 'running')",
                 )?
                 .execute(params![
                     run_id,

@@ -167,3 +167,57 @@ pub async fn enqueued_writes_land_before_later_commits(store: &dyn Store) {
     let run = store.run("r").await.unwrap().unwrap();
     assert_eq!(run.steps.len(), 2);
 }
+
+/// A late record of an earlier state never overwrites a later one: a step that succeeded
+/// stays succeeded, a finished run stays finished.
+pub async fn transitions_never_go_backwards(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    store.create_run(new_run("r", None)).await.unwrap();
+    let done = Write::Run {
+        run_id: "r".into(),
+        status: RunStatus::Succeeded,
+        output: Some(json!(1)),
+        error: None,
+        at: 9,
+    };
+    store
+        .commit(vec![
+            Write::Step {
+                run_id: "r".into(),
+                step: step("a", StepStatus::Succeeded),
+            },
+            done,
+        ])
+        .await
+        .unwrap();
+    store
+        .commit(vec![
+            Write::Step {
+                run_id: "r".into(),
+                step: step("a", StepStatus::Running),
+            },
+            Write::Run {
+                run_id: "r".into(),
+                status: RunStatus::Running,
+                output: None,
+                error: None,
+                at: 10,
+            },
+        ])
+        .await
+        .unwrap();
+    let run = store.run("r").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(run.steps[0].status, StepStatus::Succeeded);
+    store
+        .commit(vec![Write::Step {
+            run_id: "r".into(),
+            step: step("a", StepStatus::Compensated),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.run("r").await.unwrap().unwrap().steps[0].status,
+        StepStatus::Compensated
+    );
+}

@@ -1,4 +1,33 @@
-//! Store behaviour tests. `behaviour` holds backend-independent checks run per backend.
+//! Store behaviour tests: one suite (`behaviour`), run against every backend.
 
 mod behaviour;
+mod postgres;
 mod sqlite;
+
+/// Generates one test per behaviour function for a backend whose `fresh()` returns
+/// `Option<(guard, store)>` (`None`: the backend is not available outside CI).
+macro_rules! behaviour_tests {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let Some((_guard, store)) = fresh().await else { return };
+            crate::behaviour::$name(&store).await;
+        }
+    )*};
+}
+pub(crate) use behaviour_tests;
+
+/// Every behaviour, for each backend's module to instantiate.
+macro_rules! all_behaviours {
+    () => {
+        crate::behaviour_tests!(
+            create_and_read_back,
+            idempotency_key_finds_first_run,
+            transitions_and_recovery_view,
+            list_pages_newest_first,
+            enqueued_writes_land_before_later_commits,
+            transitions_never_go_backwards,
+        );
+    };
+}
+pub(crate) use all_behaviours;

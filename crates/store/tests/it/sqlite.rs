@@ -4,32 +4,16 @@ use flotilla_store::{SqliteOptions, SqliteStore, Store, StoreError};
 
 use crate::behaviour;
 
-async fn fresh() -> (tempfile::TempDir, SqliteStore) {
+async fn fresh() -> Option<(tempfile::TempDir, SqliteStore)> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let store = SqliteStore::open(&url, SqliteOptions::default())
         .await
         .unwrap();
-    (dir, store)
+    Some((dir, store))
 }
 
-macro_rules! behaviour_tests {
-    ($($name:ident),*) => {$(
-        #[tokio::test]
-        async fn $name() {
-            let (_dir, store) = fresh().await;
-            behaviour::$name(&store).await;
-        }
-    )*};
-}
-
-behaviour_tests!(
-    create_and_read_back,
-    idempotency_key_finds_first_run,
-    transitions_and_recovery_view,
-    list_pages_newest_first,
-    enqueued_writes_land_before_later_commits
-);
+crate::all_behaviours!();
 
 #[tokio::test]
 async fn second_process_is_refused_by_the_lock() {

@@ -1,0 +1,326 @@
+//! PostgreSQL backend: any number of replicas share one database.
+//!
+//! Each commit is one transaction on a pooled connection; PostgreSQL's own group commit
+//! merges the fsyncs of concurrent transactions. Writes that need not wait (a step's start)
+//! go through one ordered background task. Migrations run under an advisory lock, so
+//! replicas starting together apply them once.
+
+mod read;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::record::{CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, Write};
+use crate::{Result, Store, StoreError};
+
+/// How the PostgreSQL store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct PostgresOptions {
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// Longest wait for a connection.
+    pub connect_timeout: Duration,
+    /// Longest a statement may run.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 10,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The PostgreSQL [`Store`].
+pub struct PostgresStore {
+    pool: PgPool,
+    queued: mpsc::UnboundedSender<Vec<Write>>,
+    /// Batches handed to the applier so far.
+    sent: AtomicU64,
+    /// Batches the applier has committed.
+    applied: watch::Receiver<u64>,
+    applier: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+/// Key of the advisory lock that serializes migrations across replicas.
+const MIGRATION_LOCK: i64 = 0x666c_6f74_696c_6c61; // "flotilla"
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl PostgresStore {
+    /// Connects lazily: the pool opens connections when first used, so a database that is
+    /// down at start makes readiness fail rather than the process.
+    pub fn connect(url: &str, options: PostgresOptions) -> Result<Self> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| {
+                StoreError::Url(format!("{}: {e}", flotilla_spec::redact::redact_url(url)))
+            })?
+            .options([(
+                "statement_timeout",
+                format!("{}", options.statement_timeout.as_millis()),
+            )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.pool_size.max(1))
+            .acquire_timeout(options.connect_timeout)
+            .connect_lazy_with(connect);
+        let (queued, mut rx) = mpsc::unbounded_channel::<Vec<Write>>();
+        let (applied_tx, applied) = watch::channel(0u64);
+        let apply_pool = pool.clone();
+        let applier = tokio::spawn(async move {
+            while let Some(writes) = rx.recv().await {
+                let mut delay = Duration::from_millis(50);
+                // Queued writes are not awaited by anyone; keep them in order and keep trying.
+                while let Err(e) = commit_on(&apply_pool, &writes).await {
+                    tracing::warn!(error = %e, retry_in = ?delay, "queued write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                applied_tx.send_modify(|n| *n += 1);
+            }
+        });
+        Ok(Self {
+            pool,
+            queued,
+            sent: AtomicU64::new(0),
+            applied,
+            applier,
+        })
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.applier.abort();
+    }
+}
+
+async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    apply(&mut tx, writes).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn apply(tx: &mut Transaction<'_, Postgres>, writes: &[Write]) -> Result<()> {
+    for w in writes {
+        match w {
+            Write::Step { run_id, step } => {
+                sqlx::query(
+                    "INSERT INTO steps (run_id, step_id, status, attempts, output, error, started_at, finished_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,
+                       attempts = excluded.attempts, output = excluded.output, error = excluded.error,
+                       started_at = excluded.started_at, finished_at = excluded.finished_at
+                     WHERE steps.status IN ('pending', 'running')
+                        OR (steps.status = 'succeeded' AND excluded.status IN ('succeeded', 'compensated'))",
+                )
+                .bind(run_id)
+                .bind(&step.step_id)
+                .bind(step.status.as_str())
+                .bind(step.attempts as i32)
+                .bind(step.output.as_ref().map(|v| v.to_string()))
+                .bind(&step.error)
+                .bind(step.started_at)
+                .bind(step.finished_at)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Write::Run {
+                run_id,
+                status,
+                output,
+                error,
+                at,
+            } => {
+                let finished = status.is_terminal().then_some(*at);
+                sqlx::query(
+                    "UPDATE runs SET status = $2, output = COALESCE($3, output), error = COALESCE($4, error),
+                       updated_at = $5, finished_at = COALESCE($6, finished_at)
+                     WHERE id = $1 AND status IN ('queued', 'running')",
+                )
+                .bind(run_id)
+                .bind(status.as_str())
+                .bind(output.as_ref().map(|v| v.to_string()))
+                .bind(error)
+                .bind(at)
+                .bind(finished)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Write::Event(ev) => {
+                sqlx::query(
+                    "INSERT INTO events (run_id, seq, at, kind, step_id, data) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&ev.run_id)
+                .bind(ev.seq)
+                .bind(ev.at)
+                .bind(&ev.kind)
+                .bind(&ev.step_id)
+                .bind(ev.data.to_string())
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn migrate(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        let outcome = async {
+            sqlx::query("CREATE TABLE IF NOT EXISTS flotilla_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+                .execute(&mut *conn)
+                .await?;
+            let current: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM flotilla_migrations")
+                .fetch_one(&mut *conn)
+                .await?;
+            for (version, sql) in MIGRATIONS {
+                if *version > current.unwrap_or(0) {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO flotilla_migrations (version, applied_at) VALUES ($1, (extract(epoch from now()) * 1000)::bigint)")
+                        .bind(version)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    tracing::info!(version, "applied postgres migration");
+                }
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        outcome
+    }
+
+    async fn create_run(&self, run: NewRun) -> Result<CreateOutcome> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO definitions (hash, workflow, body, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(&run.definition_hash)
+        .bind(&run.workflow)
+        .bind(&run.definition)
+        .bind(run.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO runs (id, kind, workflow, definition_hash, status, priority, input, metadata,
+                               idempotency_key, created_at, updated_at, deadline_at)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9, $10)
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(&run.id)
+        .bind(run.kind.as_str())
+        .bind(&run.workflow)
+        .bind(&run.definition_hash)
+        .bind(&run.priority)
+        .bind(run.input.to_string())
+        .bind(run.metadata.to_string())
+        .bind(&run.idempotency_key)
+        .bind(run.created_at)
+        .bind(run.deadline_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let existing: String =
+                sqlx::query_scalar("SELECT id FROM runs WHERE idempotency_key = $1")
+                    .bind(&run.idempotency_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            return Ok(CreateOutcome::Existing(existing));
+        }
+        tx.commit().await?;
+        Ok(CreateOutcome::Created)
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> Result<()> {
+        // Writes queued earlier land first, as the trait promises.
+        let sent = self.sent.load(Ordering::Acquire);
+        let mut applied = self.applied.clone();
+        applied
+            .wait_for(|n| *n >= sent)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        commit_on(&self.pool, &writes).await
+    }
+
+    fn enqueue(&self, writes: Vec<Write>) {
+        if self.queued.send(writes).is_ok() {
+            self.sent.fetch_add(1, Ordering::AcqRel);
+        } else {
+            tracing::warn!("store closed; a non-critical write was dropped");
+        }
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        read::run(&self.pool, id).await
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
+        read::list(&self.pool, query).await
+    }
+
+    async fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {
+        read::unfinished(&self.pool).await
+    }
+
+    async fn definition(&self, hash: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT body FROM definitions WHERE hash = $1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn events(&self, run_id: &str, after_seq: i64) -> Result<Vec<EventRecord>> {
+        read::events(&self.pool, run_id, after_seq).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}

@@ -1,0 +1,135 @@
+//! Queries.
+
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgRow};
+
+use crate::record::{EventRecord, RunKind, RunQuery, RunRecord, RunStatus, StepRecord, StepStatus};
+use crate::{Result, StoreError};
+
+macro_rules! run_columns {
+    () => {
+        "id, kind, workflow, definition_hash, status, priority, input, metadata, output, error, \
+         created_at, updated_at, finished_at, deadline_at"
+    };
+}
+
+fn json(text: Option<String>) -> Result<Option<Value>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+fn run_row(row: &PgRow) -> Result<RunRecord> {
+    let kind: String = row.try_get("kind")?;
+    let status: String = row.try_get("status")?;
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        kind: RunKind::parse(&kind).unwrap_or(RunKind::Workflow),
+        workflow: row.try_get("workflow")?,
+        definition_hash: row.try_get("definition_hash")?,
+        status: RunStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("run status {status}")))?,
+        priority: row.try_get("priority")?,
+        input: json(row.try_get("input")?)?.unwrap_or(Value::Null),
+        metadata: json(row.try_get("metadata")?)?.unwrap_or(Value::Null),
+        output: json(row.try_get("output")?)?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+        deadline_at: row.try_get("deadline_at")?,
+        steps: Vec::new(),
+    })
+}
+
+async fn with_steps(pool: &PgPool, rows: Vec<PgRow>) -> Result<Vec<RunRecord>> {
+    let mut runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
+    if runs.is_empty() {
+        return Ok(runs);
+    }
+    let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+    let steps = sqlx::query(
+        "SELECT run_id, step_id, status, attempts, output, error, started_at, finished_at
+         FROM steps WHERE run_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    for row in steps {
+        let run_id: String = row.try_get("run_id")?;
+        let status: String = row.try_get("status")?;
+        let step = StepRecord {
+            step_id: row.try_get("step_id")?,
+            status: StepStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("step status {status}")))?,
+            attempts: row.try_get::<i32, _>("attempts")? as u32,
+            output: json(row.try_get("output")?)?,
+            error: row.try_get("error")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+        };
+        if let Some(run) = runs.iter_mut().find(|r| r.id == run_id) {
+            run.steps.push(step);
+        }
+    }
+    Ok(runs)
+}
+
+pub(super) async fn run(pool: &PgPool, id: &str) -> Result<Option<RunRecord>> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(with_steps(pool, rows).await?.pop())
+}
+
+pub(super) async fn list(pool: &PgPool, q: &RunQuery) -> Result<Vec<RunRecord>> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(&q.workflow)
+    .bind(q.status.map(RunStatus::as_str))
+    .bind(&q.before)
+    .bind(i64::from(q.limit.max(1)))
+    .fetch_all(pool)
+    .await?;
+    with_steps(pool, rows).await
+}
+
+pub(super) async fn unfinished(pool: &PgPool) -> Result<Vec<RunRecord>> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE status IN ('queued', 'running') ORDER BY id"
+    ))
+    .fetch_all(pool)
+    .await?;
+    with_steps(pool, rows).await
+}
+
+pub(super) async fn events(pool: &PgPool, run_id: &str, after: i64) -> Result<Vec<EventRecord>> {
+    let rows = sqlx::query("SELECT seq, at, kind, step_id, data FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq")
+        .bind(run_id)
+        .bind(after)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(EventRecord {
+                run_id: run_id.to_owned(),
+                seq: r.try_get("seq")?,
+                at: r.try_get("at")?,
+                kind: r.try_get("kind")?,
+                step_id: r.try_get("step_id")?,
+                data: json(r.try_get("data")?)?.unwrap_or(Value::Null),
+            })
+        })
+        .collect()
+}
