@@ -1,5 +1,5 @@
 # Starts a throwaway PostgreSQL cluster for the tests: initdb in a temp dir, loopback only,
-# a free port, owned by the `postgres` user. Source it; it exports FLOTILLA_TEST_POSTGRES_URL
+# a free port, owned by the `postgres` user. Source it; it exports POSTGRES_TEST_URL
 # and PG_BIN, and stops the cluster when the sourcing shell exits.
 # Installs Debian's postgresql when it is missing.
 
@@ -29,7 +29,7 @@ start_test_postgres() {
   "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 30 \
     -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c fsync=on -c max_connections=200" start >/dev/null
   export PG_DIR PG_PORT=$port
-  export FLOTILLA_TEST_POSTGRES_URL="postgres://flotilla@127.0.0.1:$port/postgres"
+  export POSTGRES_TEST_URL="postgres://flotilla@127.0.0.1:$port/postgres"
   trap stop_test_postgres EXIT
   echo "postgres on 127.0.0.1:$port ($PG_DIR)" >&2
 }

@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub events: broadcast::Sender<EventRecord>,
     pub accepting: AtomicBool,
     pub idle: tokio::sync::Notify,
+    /// This process's name in run leases.
+    pub replica: String,
 }
 
 impl Shared {
@@ -172,6 +174,7 @@ pub struct TaskResult {
 pub struct Engine {
     shared: Arc<Shared>,
     prober: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    leases: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Engine {
@@ -193,6 +196,11 @@ impl Engine {
             workflows.insert(name.clone(), c);
         }
         let (events, _) = broadcast::channel(4096);
+        let config_replica = config
+            .engine
+            .replica_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let shared = Arc::new(Shared {
             registry: Registry::new(&config, client, metrics.clone()),
             gate: Gate::new(
@@ -208,13 +216,16 @@ impl Engine {
             events,
             accepting: AtomicBool::new(true),
             idle: tokio::sync::Notify::new(),
+            replica: config_replica,
         });
         let engine = Engine {
             shared,
             prober: Arc::new(Mutex::new(None)),
+            leases: Arc::new(Mutex::new(None)),
         };
         engine.start_prober();
-        engine.recover().await?;
+        engine.claim().await?;
+        engine.start_leases();
         Ok(engine)
     }
 
@@ -241,12 +252,26 @@ impl Engine {
         *self.prober.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     }
 
-    async fn recover(&self) -> Result<()> {
-        let runs = self.shared.store.unfinished_runs().await?;
-        if !runs.is_empty() {
-            tracing::info!(count = runs.len(), "resuming unfinished runs");
+    /// Takes unfinished runs nobody holds (all of them, on a store one process owns) and
+    /// resumes them here.
+    async fn claim(&self) -> Result<usize> {
+        const MOST_RUNS: usize = 4096;
+        let shared = &self.shared;
+        let room = MOST_RUNS.saturating_sub(shared.runs().len());
+        if room == 0 {
+            return Ok(0);
         }
+        let now = now_ms();
+        let lease_until = now + shared.config.engine.lease.0.as_millis() as i64;
+        let runs = shared
+            .store
+            .claim_runs(&shared.replica, now, lease_until, room as u32)
+            .await?;
+        let mut adopted = 0;
         for record in runs {
+            if shared.runs().contains_key(&record.id) {
+                continue;
+            }
             let compiled = self
                 .definition(&record.definition_hash, &record.workflow)
                 .await?;
@@ -259,8 +284,7 @@ impl Engine {
                     .iter()
                     .filter_map(|s| pos(&s.step_id).map(|i| (i, s.status, s.attempts))),
             );
-            let seq = self
-                .shared
+            let seq = shared
                 .store
                 .events(&record.id, 0)
                 .await?
@@ -268,7 +292,7 @@ impl Engine {
                 .map_or(0, |e| e.seq);
             let priority = Priority::parse(&record.priority).unwrap_or_default();
             let mut driver = Driver::new(
-                self.shared.clone(),
+                shared.clone(),
                 compiled.clone(),
                 &record,
                 priority,
@@ -281,6 +305,70 @@ impl Engine {
                 }
             }
             let _ = self.spawn(record.id.clone(), driver);
+            adopted += 1;
+        }
+        if adopted > 0 {
+            tracing::info!(runs = adopted, replica = %shared.replica, "resuming unfinished runs");
+        }
+        Ok(adopted)
+    }
+
+    /// On a shared store: renews the leases of the runs executing here (stopping those another
+    /// replica took over) and claims runs nobody holds, every `engine.claim_interval`.
+    fn start_leases(&self) {
+        if !self.shared.store.is_shared() {
+            return;
+        }
+        let engine = Engine {
+            shared: self.shared.clone(),
+            prober: Arc::new(Mutex::new(None)),
+            leases: Arc::new(Mutex::new(None)),
+        };
+        let every = self
+            .shared
+            .config
+            .engine
+            .claim_interval
+            .0
+            .max(Duration::from_millis(50));
+        let handle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = engine.renew().await {
+                    tracing::warn!(error = %e, "renewing run leases failed");
+                }
+                if engine.shared.accepting.load(Ordering::Acquire)
+                    && let Err(e) = engine.claim().await
+                {
+                    tracing::warn!(error = %e, "claiming runs failed");
+                }
+            }
+        });
+        *self.leases.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+    }
+
+    async fn renew(&self) -> Result<()> {
+        let shared = &self.shared;
+        let held: Vec<String> = shared.runs().keys().cloned().collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let lease_until = now_ms() + shared.config.engine.lease.0.as_millis() as i64;
+        let kept: std::collections::HashSet<String> = shared
+            .store
+            .renew_leases(&shared.replica, &held, lease_until)
+            .await?
+            .into_iter()
+            .collect();
+        for id in held.iter().filter(|id| !kept.contains(*id)) {
+            // Finished between listing and renewing, or taken over after our lease lapsed.
+            let lost = shared.runs().remove(id);
+            if let Some(task) = lost.and_then(|h| h.task) {
+                tracing::warn!(run_id = %id, "lease lost; another replica continues this run");
+                task.abort();
+            }
         }
         Ok(())
     }
@@ -391,6 +479,8 @@ impl Engine {
                 .workflow
                 .timeout
                 .map(|t| now + t.0.as_millis() as i64),
+            owner: Some(self.shared.replica.clone()),
+            lease_until: Some(now + self.shared.config.engine.lease.0.as_millis() as i64),
         };
         let record = RunRecord {
             id: id.clone(),
@@ -685,6 +775,14 @@ impl Engine {
         }
         for task in left {
             task.abort();
+        }
+        if let Some(l) = self.leases.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            l.abort();
+        }
+        if self.shared.store.is_shared()
+            && let Err(e) = self.shared.store.release_leases(&self.shared.replica).await
+        {
+            tracing::warn!(error = %e, "releasing run leases failed; other replicas take them when they lapse");
         }
     }
 }

@@ -158,6 +158,23 @@ pub struct EngineConfig {
     /// How often http agents' health endpoints are probed.
     #[serde(default = "default_health_interval")]
     pub health_interval: Dur,
+    /// Shared stores: how long a replica holds a run without renewing its lease. A replica
+    /// that dies loses its runs to the others after this long.
+    #[serde(default = "default_lease")]
+    pub lease: Dur,
+    /// Shared stores: how often leases are renewed and unheld runs are claimed.
+    #[serde(default = "default_claim_interval")]
+    pub claim_interval: Dur,
+    /// This process's name in leases (default: a new random id per start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+}
+
+fn default_lease() -> Dur {
+    Dur::secs(15)
+}
+fn default_claim_interval() -> Dur {
+    Dur::secs(1)
 }
 
 fn default_global_concurrency() -> u32 {
@@ -176,6 +193,9 @@ impl Default for EngineConfig {
             max_concurrency: default_global_concurrency(),
             default_timeout: default_step_timeout(),
             health_interval: default_health_interval(),
+            lease: default_lease(),
+            claim_interval: default_claim_interval(),
+            replica_id: None,
         }
     }
 }

@@ -51,6 +51,9 @@ pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
             ),
         );
     }
+    if config.engine.claim_interval.0 * 2 >= config.engine.lease.0 {
+        c.err("engine.lease", "engine.lease must be more than twice engine.claim_interval, or leases lapse between renewals");
+    }
     if config.engine.max_concurrency == 0 {
         c.err("engine.max_concurrency", "must be at least 1");
     }

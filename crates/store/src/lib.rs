@@ -78,4 +78,24 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
     /// A short name for logs and benchmarks (`sqlite`).
     fn backend(&self) -> &'static str;
+    /// Whether several processes share this store, so that runs are held under leases.
+    fn is_shared(&self) -> bool;
+    /// Takes unfinished runs that nobody holds (no owner, or a lease expired before `now`)
+    /// for `owner` until `lease_until`, at most `limit`; returns them with their steps.
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>>;
+    /// Extends `owner`'s leases on `ids`; returns the ids it still holds.
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease_until: i64,
+    ) -> Result<Vec<String>>;
+    /// Gives up `owner`'s leases on unfinished runs, so that others take them at once.
+    async fn release_leases(&self, owner: &str) -> Result<()>;
 }

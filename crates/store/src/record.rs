@@ -114,6 +114,10 @@ pub struct NewRun {
     pub created_at: i64,
     /// SLA deadline, unix milliseconds.
     pub deadline_at: Option<i64>,
+    /// The process that executes it (shared stores).
+    pub owner: Option<String>,
+    /// Until when `owner` holds it, unix milliseconds.
+    pub lease_until: Option<i64>,
 }
 
 /// What creating a run did.

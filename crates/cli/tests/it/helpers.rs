@@ -23,10 +23,18 @@ pub struct TestApp {
 /// Writes `yaml` (with the storage pointed at a temp dir) and starts a server on it.
 pub async fn spawn_app(yaml: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("flotilla.yaml");
     let db = dir.path().join("flotilla.db");
-    let text = format!("storage: {{ url: \"sqlite://{}\" }}\n{yaml}", db.display());
-    std::fs::write(&config, text).unwrap();
+    spawn_app_in(
+        dir,
+        &format!("storage: {{ url: \"sqlite://{}\" }}\n{yaml}", db.display()),
+    )
+    .await
+}
+
+/// Starts a server on exactly `yaml` (which names its own storage).
+pub async fn spawn_app_in(dir: tempfile::TempDir, yaml: &str) -> TestApp {
+    let config = dir.path().join("flotilla.yaml");
+    std::fs::write(&config, yaml).unwrap();
     let mut app = TestApp {
         addr: String::new(),
         dir,
@@ -241,4 +249,38 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A fresh database on the test PostgreSQL cluster started by `scripts/test`. Outside CI
+/// without a cluster: `None` (the test skips with a note); under `CI=true`: a failure.
+pub fn postgres_database() -> Option<String> {
+    let Ok(admin) = std::env::var("POSTGRES_TEST_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but POSTGRES_TEST_URL is not set: run the tests through scripts/test, which starts PostgreSQL"
+        );
+        eprintln!("skipped: POSTGRES_TEST_URL is not set (scripts/test starts PostgreSQL)");
+        return None;
+    };
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let psql = std::env::var("PG_BIN")
+        .map(|b| format!("{b}/psql"))
+        .unwrap_or_else(|_| "psql".into());
+    let out = Command::new(psql)
+        .args([
+            admin.as_str(),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    Some(format!("{base}/{name}"))
 }

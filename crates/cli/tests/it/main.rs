@@ -7,3 +7,4 @@ mod durability;
 mod engine;
 mod fakes;
 mod helpers;
+mod replicas;

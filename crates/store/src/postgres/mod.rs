@@ -61,7 +61,10 @@ impl std::fmt::Debug for PostgresStore {
 /// Key of the advisory lock that serializes migrations across replicas.
 const MIGRATION_LOCK: i64 = 0x666c_6f74_696c_6c61; // "flotilla"
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_leases.sql")),
+];
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
@@ -238,8 +241,8 @@ impl Store for PostgresStore {
         .await?;
         let inserted = sqlx::query(
             "INSERT INTO runs (id, kind, workflow, definition_hash, status, priority, input, metadata,
-                               idempotency_key, created_at, updated_at, deadline_at)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9, $10)
+                               idempotency_key, created_at, updated_at, deadline_at, owner, lease_until)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9, $10, $11, $12)
              ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(&run.id)
@@ -252,6 +255,8 @@ impl Store for PostgresStore {
         .bind(&run.idempotency_key)
         .bind(run.created_at)
         .bind(run.deadline_at)
+        .bind(&run.owner)
+        .bind(run.lease_until)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -322,5 +327,62 @@ impl Store for PostgresStore {
 
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE runs SET owner = $1, lease_until = $3
+             WHERE id IN (SELECT id FROM runs
+                          WHERE status IN ('queued', 'running') AND (owner IS NULL OR lease_until < $2)
+                          ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+        )
+        .bind(owner)
+        .bind(now)
+        .bind(lease_until)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        read::by_ids(&self.pool, &ids).await
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease_until: i64,
+    ) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "UPDATE runs SET lease_until = $2 WHERE owner = $1 AND id = ANY($3) RETURNING id",
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = $1 AND status IN ('queued', 'running')")
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

@@ -133,3 +133,15 @@ pub(super) async fn events(pool: &PgPool, run_id: &str, after: i64) -> Result<Ve
         })
         .collect()
 }
+
+pub(super) async fn by_ids(pool: &PgPool, ids: &[String]) -> Result<Vec<RunRecord>> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE id = ANY($1) ORDER BY id"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    with_steps(pool, rows).await
+}

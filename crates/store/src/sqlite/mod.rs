@@ -238,4 +238,32 @@ impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// One process holds the database (its lock file says so): every unfinished run is its own.
+    async fn claim_runs(
+        &self,
+        _owner: &str,
+        _now: i64,
+        _lease_until: i64,
+        _limit: u32,
+    ) -> Result<Vec<RunRecord>> {
+        self.unfinished_runs().await
+    }
+
+    async fn renew_leases(
+        &self,
+        _owner: &str,
+        ids: &[String],
+        _lease_until: i64,
+    ) -> Result<Vec<String>> {
+        Ok(ids.to_vec())
+    }
+
+    async fn release_leases(&self, _owner: &str) -> Result<()> {
+        Ok(())
+    }
 }

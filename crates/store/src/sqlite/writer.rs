@@ -18,7 +18,10 @@ pub(crate) enum Job {
 /// Most jobs folded into one transaction; bounds the latency of the first waiter.
 const MAX_BATCH: usize = 2048;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_leases.sql")),
+];
 
 /// How long the writer polls for more work before it sleeps. A sequential workflow's next
 /// commit arrives within tens of microseconds; catching it without a futex wake-up (which
@@ -158,8 +161,8 @@ fn create(tx: &rusqlite::Transaction<'_>, run: &NewRun) -> Result<CreateOutcome>
     ])?;
     tx.prepare_cached(
         "INSERT INTO runs (id, kind, workflow, definition_hash, status, priority, input, metadata,
-                           idempotency_key, created_at, updated_at, deadline_at)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
+                           idempotency_key, created_at, updated_at, deadline_at, owner, lease_until)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         run.id,
@@ -172,6 +175,8 @@ fn create(tx: &rusqlite::Transaction<'_>, run: &NewRun) -> Result<CreateOutcome>
         run.idempotency_key,
         run.created_at,
         run.deadline_at,
+        run.owner,
+        run.lease_until,
     ])?;
     Ok(CreateOutcome::Created)
 }

@@ -16,6 +16,8 @@ pub fn new_run(id: &str, key: Option<&str>) -> NewRun {
         idempotency_key: key.map(Into::into),
         created_at: 1,
         deadline_at: None,
+        owner: None,
+        lease_until: None,
     }
 }
 
@@ -220,4 +222,50 @@ pub async fn transitions_never_go_backwards(store: &dyn Store) {
         store.run("r").await.unwrap().unwrap().steps[0].status,
         StepStatus::Compensated
     );
+}
+
+/// Unfinished runs can be claimed; a claim is renewed by its holder only.
+pub async fn claims_and_leases(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    store.create_run(new_run("r1", None)).await.unwrap();
+    store.create_run(new_run("r2", None)).await.unwrap();
+    let claimed = store.claim_runs("a", 100, 1_000, 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["r1", "r2"]
+    );
+    assert_eq!(
+        store
+            .renew_leases("a", &["r1".into()], 2_000)
+            .await
+            .unwrap(),
+        vec!["r1".to_owned()]
+    );
+    if store.is_shared() {
+        assert!(
+            store
+                .claim_runs("b", 500, 5_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "leases hold"
+        );
+        // r2's lease (1,000) has expired at 1,500; r1's (2,000) has not.
+        let taken = store.claim_runs("b", 1_500, 5_000, 10).await.unwrap();
+        assert_eq!(
+            taken.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["r2"]
+        );
+        assert!(
+            store
+                .renew_leases("a", &["r2".into()], 9_000)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a lost r2"
+        );
+        store.release_leases("b").await.unwrap();
+        let again = store.claim_runs("c", 1_500, 5_000, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+    }
 }

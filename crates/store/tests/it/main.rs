@@ -27,6 +27,7 @@ macro_rules! all_behaviours {
             list_pages_newest_first,
             enqueued_writes_land_before_later_commits,
             transitions_never_go_backwards,
+            claims_and_leases,
         );
     };
 }

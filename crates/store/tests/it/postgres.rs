@@ -15,14 +15,12 @@ pub async fn fresh() -> Option<((), PostgresStore)> {
 
 /// Creates an empty database and returns its URL.
 pub async fn fresh_database() -> Option<String> {
-    let Ok(admin) = std::env::var("FLOTILLA_TEST_POSTGRES_URL") else {
+    let Ok(admin) = std::env::var("POSTGRES_TEST_URL") else {
         assert!(
             std::env::var("CI").is_err(),
-            "CI=true but FLOTILLA_TEST_POSTGRES_URL is not set: run the tests through scripts/test, which starts PostgreSQL"
+            "CI=true but POSTGRES_TEST_URL is not set: run the tests through scripts/test, which starts PostgreSQL"
         );
-        eprintln!(
-            "skipped: FLOTILLA_TEST_POSTGRES_URL is not set (scripts/test starts PostgreSQL)"
-        );
+        eprintln!("skipped: POSTGRES_TEST_URL is not set (scripts/test starts PostgreSQL)");
         return None;
     };
     use sqlx::Connection;

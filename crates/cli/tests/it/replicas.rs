@@ -1,0 +1,108 @@
+//! Several replicas on one real PostgreSQL.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::fakes::fake_agent;
+use crate::helpers::{TestApp, postgres_database, spawn_app_in};
+
+async fn replica(yaml: &str) -> TestApp {
+    spawn_app_in(tempfile::tempdir().unwrap(), yaml).await
+}
+
+async fn status_of(app: &TestApp, id: &str) -> Option<String> {
+    let (code, run) = app.get(&format!("/api/v1/runs/{id}")).await;
+    (code == 200).then(|| run["status"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_midway_loses_nothing_and_reruns_no_succeeded_step() {
+    let Some(url) = postgres_database() else {
+        return;
+    };
+    let fake = fake_agent().await;
+    let yaml = format!(
+        r#"
+storage: {{ url: "{url}", pool_size: 8 }}
+engine: {{ lease: 2s, claim_interval: 200ms, max_concurrency: 16 }}
+agents:
+  counter: {{ kind: http, endpoints: ["{agent}"] }}
+workflows:
+  three:
+    steps:
+      - {{ id: a, agent: counter }}
+      - {{ id: b, agent: counter, needs: [a], input: {{ sleep_ms: 20 }} }}
+      - {{ id: c, agent: counter, needs: [b] }}
+"#,
+        agent = fake.url
+    );
+    let mut first = replica(&yaml).await;
+    let second = replica(&yaml).await;
+    let mut ids = Vec::new();
+    for chunk in 0..20 {
+        let mut batch = Vec::new();
+        for i in 0..50 {
+            let app = if (chunk * 50 + i) % 2 == 0 {
+                &first
+            } else {
+                &second
+            };
+            batch.push(app.post("/api/v1/workflows/three/runs", json!({"input": {"n": i}})));
+        }
+        for (code, body) in futures_util::future::join_all(batch).await {
+            assert_eq!(code, 202, "{body}");
+            ids.push(body["run_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ids.len(), 1000);
+    // Midway: some runs are done, many are not.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, page) = second.get("/api/v1/runs?status=succeeded&limit=300").await;
+        if page["runs"].as_array().map_or(0, Vec::len) >= 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut pending: Vec<String> = ids.clone();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for id in pending {
+            match status_of(&second, &id).await.as_deref() {
+                Some("succeeded") => {}
+                Some("queued" | "running") | None => still.push(id),
+                Some(other) => panic!("run {id} ended {other}"),
+            }
+        }
+        pending = still;
+        assert!(
+            Instant::now() < deadline,
+            "{} runs never finished on the survivor",
+            pending.len()
+        );
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Every step ran; only attempts in flight on the killed replica ran twice.
+    let calls: HashMap<String, u32> = fake.seen.lock().unwrap().calls.clone();
+    let mut twice = 0;
+    for id in &ids {
+        for step in ["a", "b", "c"] {
+            let n = calls.get(&format!("{id}/{step}")).copied().unwrap_or(0);
+            assert!((1..=2).contains(&n), "{id}/{step} ran {n} times");
+            twice += usize::from(n == 2);
+        }
+    }
+    assert!(
+        twice <= 16,
+        "{twice} steps ran twice; at most the 16 in flight on the killed replica may"
+    );
+    let (_, run) = second.get(&format!("/api/v1/runs/{}", ids[0])).await;
+    assert_eq!(run["status"], Value::from("succeeded"));
+}

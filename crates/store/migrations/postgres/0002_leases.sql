@@ -1,0 +1,2 @@
+ALTER TABLE runs ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN lease_until BIGINT;
