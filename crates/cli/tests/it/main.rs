@@ -7,4 +7,6 @@ mod durability;
 mod engine;
 mod fakes;
 mod helpers;
+mod outage;
+mod pg;
 mod replicas;
