@@ -1,5 +1,6 @@
 //! The `flotilla` binary: clap subcommands wiring the crates together.
 
+mod backup;
 mod bench;
 mod logging;
 mod run;
@@ -46,6 +47,10 @@ enum Command {
     },
     /// Measure throughput and latency of the engine and store with no-op agents.
     Bench(bench::BenchArgs),
+    /// Back up the store (safe while serving): SQLite online backup, PostgreSQL pg_dump.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into the store (refuses a store that holds runs unless --force).
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +84,8 @@ fn main() -> ExitCode {
             } => settings::show(&config),
             Command::Migrate { config } => serve::migrate(&config).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Restore(args) => backup::restore(args).await,
         };
         match result {
             Ok(code) => code,

@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backup;
 mod postgres;
 mod record;
 mod sqlite;
@@ -45,6 +46,9 @@ pub enum StoreError {
     /// A file operation (lock file, backup) failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The operation was refused; the message says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// The database server cannot be reached or refused the operation.
     #[error("database unavailable: {0}")]
     Unavailable(String),

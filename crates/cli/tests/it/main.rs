@@ -2,6 +2,7 @@
 
 mod agents;
 mod api;
+mod backups;
 mod cli;
 mod durability;
 mod engine;

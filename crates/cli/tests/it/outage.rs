@@ -9,7 +9,9 @@ use crate::pg::PrivatePostgres;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_turns_readiness_off_refuses_work_cleanly_and_loses_nothing() {
-    let Some(pg) = PrivatePostgres::start() else { return };
+    let Some(pg) = PrivatePostgres::start() else {
+        return;
+    };
     let yaml = format!(
         r#"
 storage: {{ url: "{url}", connect_timeout: 1s }}
@@ -35,7 +37,13 @@ workflows:
     loop {
         let (code, body) = app.get("/ready").await;
         if code == 503 {
-            assert!(body["reason"].as_str().unwrap().contains("store unavailable"), "{body}");
+            assert!(
+                body["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("store unavailable"),
+                "{body}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "readiness never turned off");
@@ -45,8 +53,13 @@ workflows:
     assert_eq!(code, 503, "{health}");
     assert_eq!(health["components"]["store"]["status"], "unhealthy");
     let started = Instant::now();
-    let (code, body) = app.post("/api/v1/workflows/steps3/runs", json!({"input": {}})).await;
-    assert_eq!(code, 503, "a submission during the outage is refused cleanly: {body}");
+    let (code, body) = app
+        .post("/api/v1/workflows/steps3/runs", json!({"input": {}}))
+        .await;
+    assert_eq!(
+        code, 503,
+        "a submission during the outage is refused cleanly: {body}"
+    );
     assert!(started.elapsed() < Duration::from_secs(10), "and promptly");
     let (code, _) = app.get("/api/v1/runs").await;
     assert_eq!(code, 503);

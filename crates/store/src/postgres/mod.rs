@@ -113,6 +113,21 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Whether the database already holds flotilla runs.
+    pub async fn holds_runs(&self) -> Result<bool> {
+        let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('runs')::text")
+            .fetch_one(&self.pool)
+            .await?;
+        if table.is_none() {
+            return Ok(false);
+        }
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runs)")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
+
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.applier.abort();

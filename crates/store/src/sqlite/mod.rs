@@ -55,7 +55,7 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 /// `sqlite://flotilla.db`, `sqlite:///abs/path.db`, `sqlite:flotilla.db` → a path.
-pub fn path_from_url(url: &str) -> Result<PathBuf> {
+pub(crate) fn path_from_url(url: &str) -> Result<PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
