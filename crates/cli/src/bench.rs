@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Skip fsync per commit (not power-loss safe; for comparison only).
     #[arg(long)]
     relaxed: bool,
+    /// Engines sharing the store, each with its own connections and leases (PostgreSQL);
+    /// workflows are submitted to them in turn.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 fn config(store: &str, relaxed: bool) -> anyhow::Result<Config> {
@@ -121,16 +125,26 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
     let config = Arc::new(config(&url, args.relaxed)?);
-    let store = crate::serve::open_store(&config).await?;
-    store.migrate().await?;
-    let engine = Engine::start(config.clone(), store, Arc::new(Metrics::new())).await?;
+    if args.replicas > 1 && !url.starts_with("postgres") {
+        bail!("--replicas needs a shared store (--store postgres://…); SQLite serves one process");
+    }
+    let mut engines = Vec::new();
+    for i in 0..args.replicas.max(1) {
+        let mut own = (*config).clone();
+        own.engine.replica_id = Some(format!("bench-{i}-{}", uuid::Uuid::now_v7().simple()));
+        let own = Arc::new(own);
+        let store = crate::serve::open_store(&own).await?;
+        store.migrate().await?;
+        engines.push(Engine::start(own, store, Arc::new(Metrics::new())).await?);
+    }
+    let engine = engines[0].clone();
     let (workflow, steps, n) = match args.workload {
         Workload::Chain => ("chain", 10, args.workflows.unwrap_or(200)),
         Workload::Fanout => ("fanout", 22, args.workflows.unwrap_or(100)),
         Workload::Concurrent => ("chain", 10, args.workflows.unwrap_or(500)),
     };
     for i in 0..3 {
-        one(&engine, workflow, i).await?;
+        one(&engines[i % engines.len()], workflow, i).await?;
     }
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?;
@@ -138,7 +152,11 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.workload {
         Workload::Chain | Workload::Fanout => {
             for i in 0..n {
-                hist.record(one(&engine, workflow, i).await?.as_micros() as u64)?;
+                hist.record(
+                    one(&engines[i % engines.len()], workflow, i)
+                        .await?
+                        .as_micros() as u64,
+                )?;
             }
         }
         Workload::Concurrent => {
@@ -146,7 +164,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let mut tasks = tokio::task::JoinSet::new();
             for i in 0..n {
                 let permit = limit.clone().acquire_owned().await?;
-                let engine = engine.clone();
+                let engine = engines[i % engines.len()].clone();
                 tasks.spawn(async move {
                     let r = one(&engine, workflow, i).await;
                     drop(permit);
@@ -173,8 +191,11 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "p50_ms": hist.value_at_quantile(0.5) as f64 / 1000.0,
         "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
         "store": format!("{} ({durability})", engine.store().backend()),
+        "replicas": engines.len(),
     });
     println!("{line}");
-    engine.shutdown(Duration::ZERO).await;
+    for e in &engines {
+        e.shutdown(Duration::ZERO).await;
+    }
     Ok(ExitCode::SUCCESS)
 }

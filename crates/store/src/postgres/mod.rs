@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, watch};
@@ -134,75 +133,97 @@ impl Drop for PostgresStore {
     }
 }
 
+/// Applies a batch in one statement (one round trip, one implicit transaction): each table
+/// gets its rows through `unnest`, in data-modifying CTEs. A key written twice in a batch
+/// keeps its last write, as applying the writes in order would.
 async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    apply(&mut tx, writes).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-async fn apply(tx: &mut Transaction<'_, Postgres>, writes: &[Write]) -> Result<()> {
+    let mut steps: Vec<(&str, &crate::record::StepRecord)> = Vec::new();
+    let mut runs: Vec<&Write> = Vec::new();
+    let mut events: Vec<&crate::record::EventRecord> = Vec::new();
     for w in writes {
         match w {
             Write::Step { run_id, step } => {
-                sqlx::query(
-                    "INSERT INTO steps (run_id, step_id, status, attempts, output, error, started_at, finished_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                     ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,
-                       attempts = excluded.attempts, output = excluded.output, error = excluded.error,
-                       started_at = excluded.started_at, finished_at = excluded.finished_at
-                     WHERE steps.status IN ('pending', 'running')
-                        OR (steps.status = 'succeeded' AND excluded.status IN ('succeeded', 'compensated'))",
-                )
-                .bind(run_id)
-                .bind(&step.step_id)
-                .bind(step.status.as_str())
-                .bind(step.attempts as i32)
-                .bind(step.output.as_ref().map(|v| v.to_string()))
-                .bind(&step.error)
-                .bind(step.started_at)
-                .bind(step.finished_at)
-                .execute(&mut **tx)
-                .await?;
+                steps.retain(|(r, s)| !(*r == run_id.as_str() && s.step_id == step.step_id));
+                steps.push((run_id, step));
             }
-            Write::Run {
-                run_id,
-                status,
-                output,
-                error,
-                at,
-            } => {
-                let finished = status.is_terminal().then_some(*at);
-                sqlx::query(
-                    "UPDATE runs SET status = $2, output = COALESCE($3, output), error = COALESCE($4, error),
-                       updated_at = $5, finished_at = COALESCE($6, finished_at)
-                     WHERE id = $1 AND status IN ('queued', 'running')",
-                )
-                .bind(run_id)
-                .bind(status.as_str())
-                .bind(output.as_ref().map(|v| v.to_string()))
-                .bind(error)
-                .bind(at)
-                .bind(finished)
-                .execute(&mut **tx)
-                .await?;
+            Write::Run { run_id, .. } => {
+                runs.retain(|r| !matches!(r, Write::Run { run_id: other, .. } if other == run_id));
+                runs.push(w);
             }
-            Write::Event(ev) => {
-                sqlx::query(
-                    "INSERT INTO events (run_id, seq, at, kind, step_id, data) VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&ev.run_id)
-                .bind(ev.seq)
-                .bind(ev.at)
-                .bind(&ev.kind)
-                .bind(&ev.step_id)
-                .bind(ev.data.to_string())
-                .execute(&mut **tx)
-                .await?;
-            }
+            Write::Event(e) => events.push(e),
         }
     }
+    let mut run_ids = Vec::new();
+    let mut run_status = Vec::new();
+    let mut run_output = Vec::new();
+    let mut run_error = Vec::new();
+    let mut run_at = Vec::new();
+    let mut run_finished = Vec::new();
+    for w in runs {
+        if let Write::Run {
+            run_id,
+            status,
+            output,
+            error,
+            at,
+        } = w
+        {
+            run_ids.push(run_id.as_str());
+            run_status.push(status.as_str());
+            run_output.push(output.as_ref().map(|v| v.to_string()));
+            run_error.push(error.as_deref());
+            run_at.push(*at);
+            run_finished.push(status.is_terminal().then_some(*at));
+        }
+    }
+    sqlx::query(
+        "WITH s AS (
+            INSERT INTO steps (run_id, step_id, status, attempts, output, error, started_at, finished_at)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::int8[], $8::int8[])
+            ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,
+              attempts = excluded.attempts, output = excluded.output, error = excluded.error,
+              started_at = excluded.started_at, finished_at = excluded.finished_at
+            WHERE steps.status IN ('pending', 'running')
+               OR (steps.status = 'succeeded' AND excluded.status IN ('succeeded', 'compensated'))
+            RETURNING 1
+         ), e AS (
+            INSERT INTO events (run_id, seq, at, kind, step_id, data)
+            SELECT * FROM unnest($9::text[], $10::int8[], $11::int8[], $12::text[], $13::text[], $14::text[])
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+         ), r AS (
+            UPDATE runs SET status = u.status, output = COALESCE(u.output, runs.output),
+              error = COALESCE(u.error, runs.error), updated_at = u.at,
+              finished_at = COALESCE(u.finished, runs.finished_at)
+            FROM unnest($15::text[], $16::text[], $17::text[], $18::text[], $19::int8[], $20::int8[])
+                 AS u(id, status, output, error, at, finished)
+            WHERE runs.id = u.id AND runs.status IN ('queued', 'running')
+            RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM e) + (SELECT count(*) FROM r)",
+    )
+    .bind(steps.iter().map(|(r, _)| *r).collect::<Vec<_>>())
+    .bind(steps.iter().map(|(_, s)| s.step_id.as_str()).collect::<Vec<_>>())
+    .bind(steps.iter().map(|(_, s)| s.status.as_str()).collect::<Vec<_>>())
+    .bind(steps.iter().map(|(_, s)| s.attempts as i32).collect::<Vec<_>>())
+    .bind(steps.iter().map(|(_, s)| s.output.as_ref().map(|v| v.to_string())).collect::<Vec<_>>())
+    .bind(steps.iter().map(|(_, s)| s.error.as_deref()).collect::<Vec<_>>())
+    .bind(steps.iter().map(|(_, s)| s.started_at).collect::<Vec<_>>())
+    .bind(steps.iter().map(|(_, s)| s.finished_at).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.run_id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.seq).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.step_id.as_deref()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.data.to_string()).collect::<Vec<_>>())
+    .bind(run_ids)
+    .bind(run_status)
+    .bind(run_output)
+    .bind(run_error)
+    .bind(run_at)
+    .bind(run_finished)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
