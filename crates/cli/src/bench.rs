@@ -49,9 +49,12 @@ pub struct BenchArgs {
     /// workflows are submitted to them in turn.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// Store connections per engine (storage.pool_size).
+    #[arg(long, default_value_t = 10)]
+    pool_size: u32,
 }
 
-fn config(store: &str, relaxed: bool) -> anyhow::Result<Config> {
+fn config(store: &str, relaxed: bool, pool_size: u32) -> anyhow::Result<Config> {
     let chain: Vec<String> = (0..10)
         .map(|i| {
             let needs = if i == 0 {
@@ -70,7 +73,7 @@ fn config(store: &str, relaxed: bool) -> anyhow::Result<Config> {
         all.join(", ")
     ));
     let text = format!(
-        "storage: {{ url: {store:?}, durability: {} }}\nengine: {{ max_concurrency: 4096 }}\nagents:\n  noop: {{ kind: builtin, builtin: echo }}\nworkflows:\n  chain:\n    steps:\n{}\n  fanout:\n    steps:\n{}\n",
+        "storage: {{ url: {store:?}, durability: {}, pool_size: {pool_size} }}\nengine: {{ max_concurrency: 4096 }}\nagents:\n  noop: {{ kind: builtin, builtin: echo }}\nworkflows:\n  chain:\n    steps:\n{}\n  fanout:\n    steps:\n{}\n",
         if relaxed { "relaxed" } else { "durable" },
         chain.join("\n"),
         fan.join("\n"),
@@ -124,7 +127,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .store
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
-    let config = Arc::new(config(&url, args.relaxed)?);
+    let config = Arc::new(config(&url, args.relaxed, args.pool_size)?);
     if args.replicas > 1 && !url.starts_with("postgres") {
         bail!("--replicas needs a shared store (--store postgres://…); SQLite serves one process");
     }
