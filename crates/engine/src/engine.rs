@@ -335,7 +335,11 @@ impl Engine {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                // Released runs are announced by the store; otherwise poll.
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = engine.shared.store.work_available() => {}
+                }
                 if let Err(e) = engine.renew().await {
                     tracing::warn!(error = %e, "renewing run leases failed");
                 }

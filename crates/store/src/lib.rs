@@ -102,4 +102,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<String>>;
     /// Gives up `owner`'s leases on unfinished runs, so that others take them at once.
     async fn release_leases(&self, owner: &str) -> Result<()>;
+    /// Resolves when another process signals runs to claim (leases released). A store that
+    /// one process owns never signals.
+    async fn work_available(&self) {
+        std::future::pending::<()>().await
+    }
 }

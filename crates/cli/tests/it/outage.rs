@@ -64,6 +64,7 @@ workflows:
     let (code, _) = app.get("/api/v1/runs").await;
     assert_eq!(code, 503);
 
+    // The outage lasts about ten seconds in all.
     tokio::time::sleep(Duration::from_secs(8)).await;
     pg.up();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -106,3 +106,39 @@ workflows:
     let (_, run) = second.get(&format!("/api/v1/runs/{}", ids[0])).await;
     assert_eq!(run["status"], Value::from("succeeded"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_released_by_a_clean_shutdown_are_taken_over_at_once() {
+    let Some(url) = postgres_database() else {
+        return;
+    };
+    // Leases and polling far longer than the test waits: only the release and its
+    // notification can move the runs.
+    let yaml = format!(
+        r#"
+storage: {{ url: "{url}" }}
+server: {{ shutdown_grace: 100ms }}
+engine: {{ lease: 10m, claim_interval: 2m }}
+agents:
+  sleepy: {{ kind: builtin, builtin: sleep }}
+workflows:
+  nap:
+    steps:
+      - {{ id: nap, agent: sleepy, input: {{ ms: 1500 }} }}
+"#
+    );
+    let mut first = replica(&yaml).await;
+    let second = replica(&yaml).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(first.start_run("nap", json!({})).await);
+    }
+    first
+        .wait_run(&ids[4], |r| r["steps"][0]["status"] == "running")
+        .await;
+    assert!(first.terminate().success());
+    for id in &ids {
+        let run = second.finished(id).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+}

@@ -14,7 +14,10 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::record::{CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, Write};
 use crate::{Result, Store, StoreError};
@@ -49,6 +52,34 @@ pub struct PostgresStore {
     /// Batches the applier has committed.
     applied: watch::Receiver<u64>,
     applier: tokio::task::JoinHandle<()>,
+    /// Woken by `NOTIFY flotilla_runs` from other replicas.
+    wake: Arc<Notify>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+/// The channel replicas use to say that runs can be claimed.
+const CHANNEL: &str = "flotilla_runs";
+
+/// Listens on [`CHANNEL`] for as long as the store lives, reconnecting after outages.
+async fn listen(pool: PgPool, wake: Arc<Notify>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let listening = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                wake.notify_one();
+            }
+        };
+        let err: sqlx::Error = match listening.await {
+            Ok::<(), sqlx::Error>(()) => continue,
+            Err(e) => e,
+        };
+        tracing::debug!(error = %err, retry_in = ?delay, "listening for released runs failed");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -102,12 +133,16 @@ impl PostgresStore {
                 applied_tx.send_modify(|n| *n += 1);
             }
         });
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(pool.clone(), wake.clone()));
         Ok(Self {
             pool,
             queued,
             sent: AtomicU64::new(0),
             applied,
             applier,
+            wake,
+            listener,
         })
     }
 }
@@ -130,6 +165,7 @@ impl PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.applier.abort();
+        self.listener.abort();
     }
 }
 
@@ -415,10 +451,23 @@ impl Store for PostgresStore {
     }
 
     async fn release_leases(&self, owner: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = $1 AND status IN ('queued', 'running')")
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
+        let released = sqlx::query(
+            "UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if released > 0 {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
+    }
+
+    async fn work_available(&self) {
+        self.wake.notified().await
     }
 }
