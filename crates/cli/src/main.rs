@@ -2,6 +2,7 @@
 
 mod backup;
 mod bench;
+mod keys;
 mod logging;
 mod run;
 mod serve;
@@ -47,6 +48,11 @@ enum Command {
     },
     /// Measure throughput and latency of the engine and store with no-op agents.
     Bench(bench::BenchArgs),
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Back up the store (safe while serving): SQLite online backup, PostgreSQL pg_dump.
     Backup(backup::BackupArgs),
     /// Restore a backup into the store (refuses a store that holds runs unless --force).
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
             } => settings::show(&config),
             Command::Migrate { config } => serve::migrate(&config).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Keys { command } => keys::run(command),
             Command::Backup(args) => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args).await,
         };

@@ -96,6 +96,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(address = %addr, "listening on {addr}");
 
+    let auth = match flotilla_server::auth::Auth::new(&config.auth, &config.rate_limits) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if config.auth.mode == flotilla_spec::AuthMode::None {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF (auth.mode: none): anyone who can reach {} may run workflows and register agents; \
+             set auth.mode to api_key, jwt or any before exposing this server",
+            config.server.listen
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = flotilla_server::AppState {
@@ -106,6 +120,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         body_limit: config.server.body_limit.0,
         request_timeout: config.server.request_timeout.0,
         started: Instant::now(),
+        auth,
+        cors_origins: config.server.cors_origins.clone(),
     };
     let grace = config.server.shutdown_grace.0;
     let mut stop = shutdown_rx.clone();

@@ -96,6 +96,13 @@ pub struct LlmLabels {
     pub model: String,
 }
 
+/// `group`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    /// Route group: read, operate, admin.
+    pub group: String,
+}
+
 /// `version, commit`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -154,6 +161,8 @@ pub struct Metrics {
     pub llm_tokens: Family<LlmTokenLabels, Counter>,
     /// `llm_cost_usd_total`.
     pub llm_cost: Family<LlmLabels, Counter<f64, AtomicU64>>,
+    /// `rate_limited_requests_total`.
+    pub rate_limited: Family<GroupLabels, Counter>,
 }
 
 impl Metrics {
@@ -177,6 +186,7 @@ impl Metrics {
             step_retries: Family::default(),
             llm_tokens: Family::default(),
             llm_cost: Family::default(),
+            rate_limited: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -253,6 +263,11 @@ impl Metrics {
         );
         r.register("llm_tokens", "LLM tokens by kind", m.llm_tokens.clone());
         r.register("llm_cost_usd", "LLM spend in USD", m.llm_cost.clone());
+        r.register(
+            "rate_limited_requests",
+            "Requests refused by a rate limit",
+            m.rate_limited.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -262,6 +277,15 @@ impl Metrics {
             .set(1);
         r.register("flotilla_build_info", "Build information", build);
         Metrics { registry, ..m }
+    }
+
+    /// Counts a request refused by the rate limit of `group`.
+    pub fn rate_limited(&self, group: &str) {
+        self.rate_limited
+            .get_or_create(&GroupLabels {
+                group: group.to_owned(),
+            })
+            .inc();
     }
 
     /// The Prometheus/OpenMetrics text exposition.

@@ -19,6 +19,12 @@ pub enum ApiError {
         /// Every problem found.
         details: Vec<String>,
     },
+    /// 401: no usable credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: valid credentials without the permission.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404.
     #[error("{0}")]
     NotFound(String),
@@ -38,6 +44,14 @@ pub enum ApiError {
         message: String,
         /// Every problem found.
         details: Vec<String>,
+    },
+    /// 429: the principal's rate limit for this route group is spent.
+    #[error("too many requests to the {group} routes; retry in {retry_after}s")]
+    TooManyRequests {
+        /// Seconds until a request is admitted again.
+        retry_after: u64,
+        /// The route group.
+        group: &'static str,
     },
     /// 502: the agent failed.
     #[error("{0}")]
@@ -71,6 +85,8 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -78,6 +94,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Unprocessable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::AgentFailed(_) => (StatusCode::BAD_GATEWAY, "agent_error"),
             ApiError::Unavailable { kind, .. } => (StatusCode::SERVICE_UNAVAILABLE, kind),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
@@ -112,9 +129,18 @@ impl IntoResponse for ApiError {
             "request_id": request_id,
         });
         let mut resp = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = resp.headers_mut();
+        match &self {
+            ApiError::Unavailable { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::TooManyRequests { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         resp
     }

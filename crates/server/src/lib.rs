@@ -12,6 +12,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 mod error;
 mod extract;
 mod observe;
@@ -24,11 +25,13 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::{get, post};
 use flotilla_engine::Engine;
 use flotilla_engine::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use error::ApiError;
 
@@ -49,6 +52,10 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Process start.
     pub started: Instant,
+    /// Credentials, roles and rate limits.
+    pub auth: Arc<auth::Auth>,
+    /// Origins allowed by CORS (empty: no CORS headers).
+    pub cors_origins: Vec<String>,
 }
 
 impl AppState {
@@ -84,13 +91,46 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(meta::openapi))
         .route("/version", get(meta::version))
         .fallback(not_found)
-        .route_layer(axum::middleware::from_fn(observe::route_template));
-    api.layer(DefaultBodyLimit::max(state.body_limit as usize))
-        .layer(axum::middleware::from_fn_with_state(
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            observe::layer,
+            auth::layer,
         ))
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn(observe::route_template));
+    let mut app = api
+        .layer(DefaultBodyLimit::max(state.body_limit as usize))
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(security_header("x-content-type-options", "nosniff"))
+        .layer(security_header("x-frame-options", "DENY"))
+        .layer(security_header("referrer-policy", "no-referrer"));
+    if !state.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = state
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        app = app.layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    HeaderName::from_static("idempotency-key"),
+                ]),
+        );
+    }
+    app.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        observe::layer,
+    ))
+    .with_state(state)
+}
+
+fn security_header(name: &'static str, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(
+        HeaderName::from_static(name),
+        HeaderValue::from_static(value),
+    )
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -107,6 +147,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (stopping_tx, mut stopping_rx) = watch::channel(false);
     let app = router(state);
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = stopping_tx.send(true);

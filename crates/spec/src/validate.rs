@@ -67,6 +67,7 @@ pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
             "storage.url must start with sqlite:// or postgres://",
         );
     }
+    check_auth(&mut c, config);
     for (name, agent) in &config.agents {
         check_agent(&mut c, config, name, agent);
     }
@@ -473,5 +474,69 @@ fn known<'a>(names: impl Iterator<Item = &'a (impl AsRef<str> + 'a + ?Sized)>) -
         "none".into()
     } else {
         v.join(", ")
+    }
+}
+
+fn check_auth(c: &mut Checker<'_>, config: &Config) {
+    use crate::model::{AuthMode, JwtAlgorithm};
+    let auth = &config.auth;
+    for (i, key) in auth.api_keys.iter().enumerate() {
+        let ok = key
+            .hash
+            .strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
+        if !ok {
+            c.err(
+                &child_key(&child_index("auth.api_keys", i), "hash"),
+                format!("api key `{}`: hash must be `sha256:` and 64 hex digits (see `flotilla keys create`)", key.name),
+            );
+        }
+    }
+    if matches!(auth.mode, AuthMode::ApiKey) && auth.api_keys.is_empty() {
+        c.err(
+            "auth.mode",
+            "auth.mode api_key needs at least one entry in auth.api_keys",
+        );
+    }
+    if auth.mode == AuthMode::Jwt && auth.jwt.is_none() {
+        c.err("auth.mode", "auth.mode jwt needs auth.jwt");
+    }
+    if auth.mode == AuthMode::Any && auth.jwt.is_none() && auth.api_keys.is_empty() {
+        c.err("auth.mode", "auth.mode any needs auth.api_keys or auth.jwt");
+    }
+    if let Some(jwt) = &auth.jwt {
+        match jwt.algorithm {
+            JwtAlgorithm::HS256 if jwt.secret.as_deref().is_none_or(str::is_empty) => {
+                c.err("auth.jwt.algorithm", "HS256 needs auth.jwt.secret")
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 if jwt.public_key.is_none() => c.err(
+                "auth.jwt.algorithm",
+                "RS256 and ES256 need auth.jwt.public_key",
+            ),
+            _ => {}
+        }
+    }
+    let limits = config
+        .rate_limits
+        .default
+        .iter()
+        .map(|l| ("rate_limits.default".to_owned(), l));
+    let groups = config
+        .rate_limits
+        .groups
+        .iter()
+        .map(|(g, l)| (child_key("rate_limits.groups", g), l));
+    for (path, limit) in limits.chain(groups) {
+        if !limit.per_second.is_finite() || limit.per_second <= 0.0 || limit.burst == 0 {
+            c.err(&path, "a rate limit needs per_second > 0 and burst >= 1");
+        }
+    }
+    for group in config.rate_limits.groups.keys() {
+        if !["read", "operate", "admin"].contains(&group.as_str()) {
+            c.err(
+                &child_key("rate_limits.groups", group),
+                format!("unknown route group `{group}` (read, operate, admin)"),
+            );
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 mod agents;
 mod api;
+mod auth;
 mod backups;
 mod cli;
 mod durability;

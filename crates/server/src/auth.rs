@@ -1,0 +1,345 @@
+//! Authentication (API keys, JWT), authorization by role, and per-principal rate limits.
+//!
+//! Routes fall in groups: open (health, readiness, version, API description; metrics unless
+//! protected), read (viewer), operate (operator: execute, start, cancel) and admin (agent
+//! registration). A principal is an API key's name, a token's subject, or, without
+//! credentials, the client's address; rate limits count per principal and group.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use flotilla_spec::{AuthConfig, AuthMode, JwtAlgorithm, RateLimit, RateLimitConfig, Role};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A route group and the role it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// No credentials needed.
+    Open,
+    /// Viewer.
+    Read,
+    /// Operator.
+    Operate,
+    /// Admin.
+    Admin,
+}
+
+impl Group {
+    fn of(method: &Method, route: &str, protect_metrics: bool) -> Group {
+        match route {
+            "/health" | "/livez" | "/ready" | "/readyz" | "/version" | "/openapi.json" => {
+                Group::Open
+            }
+            "/metrics" if !protect_metrics => Group::Open,
+            "/metrics" => Group::Read,
+            "/api/v1/agents/register" => Group::Admin,
+            _ if method == Method::GET => Group::Read,
+            _ => Group::Operate,
+        }
+    }
+
+    fn needs(self) -> Option<Role> {
+        match self {
+            Group::Open => None,
+            Group::Read => Some(Role::Viewer),
+            Group::Operate => Some(Role::Operator),
+            Group::Admin => Some(Role::Admin),
+        }
+    }
+
+    /// The name used in configuration and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Open => "open",
+            Group::Read => "read",
+            Group::Operate => "operate",
+            Group::Admin => "admin",
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Key name, token subject, or client address.
+    pub name: String,
+    /// What it may do; `None` for anonymous callers when auth is on.
+    pub role: Option<Role>,
+}
+
+struct Jwt {
+    key: DecodingKey,
+    validation: Validation,
+    role_claim: String,
+}
+
+/// Everything the auth middleware needs, built once from the configuration.
+pub struct Auth {
+    mode: AuthMode,
+    keys: HashMap<String, (String, Role)>,
+    jwt: Option<Jwt>,
+    protect_metrics: bool,
+    limits: HashMap<&'static str, DefaultKeyedRateLimiter<String>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a `file:/path` reference, or returns the value itself.
+pub fn resolve_secret(value: &str) -> Result<String, String> {
+    match value.strip_prefix("file:") {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| format!("reading {path}: {e}")),
+        None => Ok(value.to_owned()),
+    }
+}
+
+/// `sha256:<hex>` of a key, as `auth.api_keys[].hash` holds it.
+pub fn hash_key(key: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+fn limiter(limit: &RateLimit) -> DefaultKeyedRateLimiter<String> {
+    let period = Duration::from_secs_f64(1.0 / limit.per_second);
+    let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst);
+    RateLimiter::keyed(quota)
+}
+
+impl Auth {
+    /// Builds the checker; errors name the setting at fault (never a secret).
+    pub fn new(cfg: &AuthConfig, limits: &RateLimitConfig) -> Result<Auth, String> {
+        let keys = cfg
+            .api_keys
+            .iter()
+            .map(|k| (k.hash.clone(), (k.name.clone(), k.role)))
+            .collect();
+        let jwt = match &cfg.jwt {
+            None => None,
+            Some(j) => {
+                let (algorithm, key) = match j.algorithm {
+                    JwtAlgorithm::HS256 => {
+                        let secret = resolve_secret(j.secret.as_deref().unwrap_or_default())
+                            .map_err(|e| format!("auth.jwt.secret: {e}"))?;
+                        (
+                            Algorithm::HS256,
+                            DecodingKey::from_secret(secret.as_bytes()),
+                        )
+                    }
+                    JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                        let pem = resolve_secret(j.public_key.as_deref().unwrap_or_default())
+                            .map_err(|e| format!("auth.jwt.public_key: {e}"))?;
+                        let key = if j.algorithm == JwtAlgorithm::RS256 {
+                            DecodingKey::from_rsa_pem(pem.as_bytes())
+                        } else {
+                            DecodingKey::from_ec_pem(pem.as_bytes())
+                        }
+                        .map_err(|e| {
+                            format!("auth.jwt.public_key is not a usable PEM public key: {e}")
+                        })?;
+                        let alg = if j.algorithm == JwtAlgorithm::RS256 {
+                            Algorithm::RS256
+                        } else {
+                            Algorithm::ES256
+                        };
+                        (alg, key)
+                    }
+                };
+                let mut validation = Validation::new(algorithm);
+                validation.leeway = 5;
+                validation.set_required_spec_claims(&["exp"]);
+                if let Some(iss) = &j.issuer {
+                    validation.set_issuer(&[iss]);
+                }
+                match &j.audience {
+                    Some(aud) => validation.set_audience(&[aud]),
+                    None => validation.validate_aud = false,
+                }
+                Some(Jwt {
+                    key,
+                    validation,
+                    role_claim: j.role_claim.clone(),
+                })
+            }
+        };
+        let mut built = HashMap::new();
+        for group in [Group::Read, Group::Operate, Group::Admin] {
+            if let Some(limit) = limits.groups.get(group.name()).or(limits.default.as_ref()) {
+                built.insert(group.name(), limiter(limit));
+            }
+        }
+        Ok(Auth {
+            mode: cfg.mode,
+            keys,
+            jwt,
+            protect_metrics: cfg.protect_metrics,
+            limits: built,
+        })
+    }
+
+    fn identify(&self, req: &Request) -> Result<Option<Principal>, ApiError> {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let api_key = req
+            .headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        let Some(credential) = bearer.or(api_key) else {
+            return Ok(None);
+        };
+        let keys_on = matches!(self.mode, AuthMode::ApiKey | AuthMode::Any);
+        let jwt_on = matches!(self.mode, AuthMode::Jwt | AuthMode::Any);
+        if keys_on && let Some((name, role)) = self.keys.get(&hash_key(credential)) {
+            return Ok(Some(Principal {
+                name: name.clone(),
+                role: Some(*role),
+            }));
+        }
+        if jwt_on
+            && let Some(jwt) = &self.jwt
+            && credential.matches('.').count() == 2
+        {
+            let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                credential,
+                &jwt.key,
+                &jwt.validation,
+            )
+            .map_err(|e| ApiError::Unauthorized(format!("invalid token: {}", token_problem(&e))))?;
+            let claims = data.claims;
+            let name = claims
+                .get("sub")
+                .and_then(|s| s.as_str())
+                .unwrap_or("token")
+                .to_owned();
+            let role = claims
+                .get(&jwt.role_claim)
+                .and_then(|r| r.as_str())
+                .and_then(Role::parse);
+            return Ok(Some(Principal { name, role }));
+        }
+        Err(ApiError::Unauthorized("invalid credentials".into()))
+    }
+
+    fn admit(&self, group: Group, principal: &str) -> Result<(), ApiError> {
+        let Some(limiter) = self.limits.get(group.name()) else {
+            return Ok(());
+        };
+        match limiter.check_key(&principal.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Err(ApiError::TooManyRequests {
+                    retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+                    group: group.name(),
+                })
+            }
+        }
+    }
+}
+
+fn token_problem(e: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::ImmatureSignature => "not valid yet",
+        ErrorKind::InvalidAlgorithm => "algorithm not accepted",
+        ErrorKind::MissingRequiredClaim(_) => "a required claim is missing",
+        _ => "malformed",
+    }
+}
+
+/// The middleware: identifies the caller, checks the role the route needs, counts the rate.
+pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    match check(&state.auth, &mut req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            if let ApiError::TooManyRequests { group, .. } = &e {
+                state.metrics.rate_limited(group);
+            }
+            e.into_response()
+        }
+    }
+}
+
+fn check(auth: &Arc<Auth>, req: &mut Request) -> Result<(), ApiError> {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let group = Group::of(req.method(), &route, auth.protect_metrics);
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+    if auth.mode == AuthMode::None {
+        let principal = Principal {
+            name: client.clone(),
+            role: Some(Role::Admin),
+        };
+        req.extensions_mut().insert(principal);
+        return if group == Group::Open {
+            Ok(())
+        } else {
+            auth.admit(group, &client)
+        };
+    }
+    if group == Group::Open {
+        return Ok(());
+    }
+    let principal = auth.identify(req)?;
+    let name = principal.as_ref().map_or(client, |p| p.name.clone());
+    auth.admit(group, &name)?;
+    let needed = group.needs().unwrap_or(Role::Viewer);
+    match principal {
+        None => Err(ApiError::Unauthorized(
+            "credentials required: `Authorization: Bearer <key or token>`".into(),
+        )),
+        Some(p) if p.role.is_some_and(|r| r >= needed) => {
+            req.extensions_mut().insert(p);
+            Ok(())
+        }
+        Some(p) => Err(ApiError::Forbidden(format!(
+            "`{}` may not do this: the {} routes need role {}",
+            p.name,
+            group.name(),
+            match needed {
+                Role::Viewer => "viewer",
+                Role::Operator => "operator",
+                Role::Admin => "admin",
+            }
+        ))),
+    }
+}
