@@ -351,3 +351,39 @@ async fn auth_off_is_loud_and_bad_auth_config_exits_2() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn cors_for_configured_origins_and_gzip_on_request() {
+    let app = spawn_app(
+        "server: { cors_origins: [\"https://console.example\"] }\nagents: { echo: { kind: builtin, builtin: echo } }\n",
+    )
+    .await;
+    let r = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/api/v1/execute"))
+        .header("origin", "https://console.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://console.example"
+    );
+    let r = app
+        .client
+        .get(app.url("/api/v1/agents"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    let r = app
+        .client
+        .get(app.url("/openapi.json"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+}
