@@ -94,7 +94,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(address = %addr, "listening on {addr}");
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(address = %addr, scheme, "listening on {addr}");
 
     let auth = match flotilla_server::auth::Auth::new(&config.auth, &config.rate_limits) {
         Ok(a) => Arc::new(a),
@@ -122,17 +127,40 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         started: Instant::now(),
         auth,
         cors_origins: config.server.cors_origins.clone(),
+        tls: config.server.tls.is_some(),
     };
     let grace = config.server.shutdown_grace.0;
     let mut stop = shutdown_rx.clone();
-    let server = tokio::spawn(flotilla_server::serve(
-        listener,
-        state.clone(),
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        },
-        grace,
-    ));
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let server = match &config.server.tls {
+        None => tokio::spawn(flotilla_server::serve(
+            listener,
+            state.clone(),
+            stopped,
+            grace,
+        )),
+        Some(tls) => {
+            let files = flotilla_server::tls::TlsFiles {
+                cert: tls.cert.clone().into(),
+                key: tls.key.clone().into(),
+            };
+            let listener = match flotilla_server::tls::TlsListener::new(listener, files) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: server.tls: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            tokio::spawn(flotilla_server::serve(
+                listener,
+                state.clone(),
+                stopped,
+                grace,
+            ))
+        }
+    };
 
     let startup = async {
         let store = open_store(&config).await?;

@@ -6,7 +6,6 @@
 //! credentials, the client's address; rate limits count per principal and group.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -302,8 +301,8 @@ fn check(auth: &Arc<Auth>, req: &mut Request) -> Result<(), ApiError> {
     let group = Group::of(req.method(), &route, auth.protect_metrics);
     let client = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+        .get::<ConnectInfo<crate::Peer>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.0.ip().to_string());
     if auth.mode == AuthMode::None {
         let principal = Principal {
             name: client.clone(),

@@ -17,6 +17,7 @@ mod error;
 mod extract;
 mod observe;
 pub mod routes;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -56,6 +57,26 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// Origins allowed by CORS (empty: no CORS headers).
     pub cors_origins: Vec<String>,
+    /// Served over TLS (adds `Strict-Transport-Security`).
+    pub tls: bool,
+}
+
+/// The client's address, as `ConnectInfo` sees it, whatever the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
 }
 
 impl AppState {
@@ -102,6 +123,12 @@ pub fn router(state: AppState) -> Router {
         .layer(security_header("x-content-type-options", "nosniff"))
         .layer(security_header("x-frame-options", "DENY"))
         .layer(security_header("referrer-policy", "no-referrer"));
+    if state.tls {
+        app = app.layer(security_header(
+            "strict-transport-security",
+            "max-age=31536000; includeSubDomains",
+        ));
+    }
     if !state.cors_origins.is_empty() {
         let origins: Vec<HeaderValue> = state
             .cors_origins
@@ -139,15 +166,19 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 
 /// Serves until `shutdown` resolves, then stops accepting and waits up to `grace` for
 /// in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
     let (stopping_tx, mut stopping_rx) = watch::channel(false);
     let app = router(state);
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = app.into_make_service_with_connect_info::<Peer>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = stopping_tx.send(true);

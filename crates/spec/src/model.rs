@@ -69,6 +69,19 @@ pub struct ServerConfig {
     /// Origins browsers may call the API from (CORS); empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cors_origins: Vec<String>,
+    /// Serve HTTPS with these PEM files (reloaded when they change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `server.tls:` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: String,
+    /// Private key (PEM).
+    pub key: String,
 }
 
 fn default_listen() -> String {
@@ -92,6 +105,7 @@ impl Default for ServerConfig {
             body_limit: default_body_limit(),
             request_timeout: default_request_timeout(),
             cors_origins: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -33,6 +33,19 @@ pub async fn spawn_app(yaml: &str) -> TestApp {
 
 /// Starts a server on exactly `yaml` (which names its own storage).
 pub async fn spawn_app_in(dir: tempfile::TempDir, yaml: &str) -> TestApp {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    spawn_app_with(dir, yaml, client).await
+}
+
+/// Starts a server on `yaml`, talking to it with `client` (HTTPS tests bring their own).
+pub async fn spawn_app_with(
+    dir: tempfile::TempDir,
+    yaml: &str,
+    client: reqwest::Client,
+) -> TestApp {
     let config = dir.path().join("flotilla.yaml");
     std::fs::write(&config, yaml).unwrap();
     let mut app = TestApp {
@@ -41,10 +54,7 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, yaml: &str) -> TestApp {
         config,
         child: None,
         logs: Arc::new(Mutex::new(Vec::new())),
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
+        client,
     };
     app.start().await;
     app
@@ -73,7 +83,11 @@ impl TestApp {
                         .as_str()
                         .is_some_and(|m| m.starts_with("listening on"))
                 {
-                    let _ = tx.send(v["address"].as_str().unwrap_or_default().to_owned());
+                    let scheme = v["scheme"].as_str().unwrap_or("http");
+                    let _ = tx.send(format!(
+                        "{scheme}://{}",
+                        v["address"].as_str().unwrap_or_default()
+                    ));
                 }
                 logs.lock().unwrap().push(line);
             }
@@ -86,7 +100,7 @@ impl TestApp {
                     self.logs.lock().unwrap().join("\n")
                 )
             });
-        self.addr = format!("http://{addr}");
+        self.addr = addr;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -12,3 +12,4 @@ mod helpers;
 mod outage;
 mod pg;
 mod replicas;
+mod tls;
