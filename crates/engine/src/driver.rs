@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::agents::{AgentError, AgentRequest, AgentResponse};
 use crate::backoff::retry_delay;
+use crate::cache;
 use crate::clock::now_ms;
 use crate::engine::{Compiled, RunOutcome, Shared};
 use crate::metrics::{WorkflowLabels, WorkflowStatusLabels, WorkflowStepLabels};
@@ -683,9 +684,37 @@ impl Driver {
             },
             timeout,
         );
+        let policy = spec.cache.or_else(|| match &target {
+            Target::Agent(name) => self.shared.registry.get(name).and_then(|a| a.cache),
+            Target::Capability(_) => None,
+        });
+        let cached = policy.map(|p| {
+            let who = match &target {
+                Target::Agent(name) => format!("agent:{name}"),
+                Target::Capability(cap) => format!("capability:{cap}"),
+            };
+            (
+                cache::key(&who, &req.action, &req.input, req.instructions.as_deref()),
+                p.ttl.0,
+            )
+        });
         let shared = self.shared.clone();
         self.work.spawn(async move {
+            if let Some((key, _)) = &cached
+                && let Some(output) = shared.cache.get(key)
+            {
+                let result = Ok(AgentResponse::output(output));
+                return Report::Attempt {
+                    step,
+                    attempt,
+                    agent: None,
+                    result,
+                };
+            }
             let (agent, result) = call(&shared, target, req, timeout, priority).await;
+            if let (Some((key, ttl)), Ok(resp)) = (cached, &result) {
+                shared.cache.put(key, resp.output.clone(), ttl);
+            }
             Report::Attempt {
                 step,
                 attempt,

@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     pub idle: tokio::sync::Notify,
     /// This process's name in run leases.
     pub replica: String,
+    /// Results of calls marked `cache:`.
+    pub cache: crate::cache::ResultCache,
 }
 
 impl Shared {
@@ -196,6 +198,7 @@ impl Engine {
             workflows.insert(name.clone(), c);
         }
         let (events, _) = broadcast::channel(4096);
+        let cache = crate::cache::ResultCache::new(config.cache.max_entries, &metrics);
         let config_replica = config
             .engine
             .replica_id
@@ -217,6 +220,7 @@ impl Engine {
             accepting: AtomicBool::new(true),
             idle: tokio::sync::Notify::new(),
             replica: config_replica,
+            cache,
         });
         let engine = Engine {
             shared,
@@ -572,6 +576,7 @@ impl Engine {
             retry: None,
             priority: None,
             compensate: None,
+            cache: None,
         };
         let wf = Workflow {
             description: None,

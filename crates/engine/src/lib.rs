@@ -23,6 +23,7 @@
 pub mod agents;
 pub mod backoff;
 pub mod breaker;
+pub mod cache;
 mod clock;
 mod driver;
 mod engine;

@@ -96,6 +96,13 @@ pub struct LlmLabels {
     pub model: String,
 }
 
+/// `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// hit | miss.
+    pub result: String,
+}
+
 /// `group`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
@@ -163,6 +170,8 @@ pub struct Metrics {
     pub llm_cost: Family<LlmLabels, Counter<f64, AtomicU64>>,
     /// `rate_limited_requests_total`.
     pub rate_limited: Family<GroupLabels, Counter>,
+    /// `cache_requests_total`.
+    pub cache_requests: Family<CacheLabels, Counter>,
 }
 
 impl Metrics {
@@ -187,6 +196,7 @@ impl Metrics {
             llm_tokens: Family::default(),
             llm_cost: Family::default(),
             rate_limited: Family::default(),
+            cache_requests: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -267,6 +277,11 @@ impl Metrics {
             "rate_limited_requests",
             "Requests refused by a rate limit",
             m.rate_limited.clone(),
+        );
+        r.register(
+            "cache_requests",
+            "Result cache look-ups by outcome",
+            m.cache_requests.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build

@@ -76,6 +76,8 @@ pub struct AgentEntry {
     pub gate: Option<Arc<Gate>>,
     /// Default attempt timeout.
     pub timeout: Option<Duration>,
+    /// Result caching of its calls.
+    pub cache: Option<flotilla_spec::CachePolicy>,
     /// Calls in flight.
     pub in_flight: AtomicU64,
     /// Calls made.
@@ -270,6 +272,7 @@ impl Registry {
                 .max_concurrency
                 .map(|n| Gate::new(n as usize, metrics.queue_length.clone())),
             timeout: cfg.timeout.map(|d| d.0),
+            cache: cfg.cache,
             in_flight: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),

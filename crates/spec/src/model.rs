@@ -35,6 +35,9 @@ pub struct Config {
     /// Requests per principal.
     #[serde(default)]
     pub rate_limits: RateLimitConfig,
+    /// The result cache of steps and agents marked `cache:`.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// LLM providers and prices.
     #[serde(default)]
     pub llm: LlmConfig,
@@ -252,6 +255,35 @@ impl Default for LoggingConfig {
     }
 }
 
+/// `cache:` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most results kept in memory; the oldest go first.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+}
+
+fn default_cache_entries() -> usize {
+    10_000
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: default_cache_entries(),
+        }
+    }
+}
+
+/// Caching of one step's or agent's results.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CachePolicy {
+    /// How long a result is reused for the same agent, action, input and instructions.
+    pub ttl: Dur,
+}
+
 /// How callers prove who they are.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -461,6 +493,9 @@ pub struct AgentConfig {
     /// Calls in flight to this agent at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// Reuse results of identical calls (same action, input and instructions) for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CachePolicy>,
     /// Fail fast after repeated failures.
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
@@ -650,6 +685,9 @@ pub struct Step {
     /// Undo action run if the workflow fails after this step succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensate: Option<Compensation>,
+    /// Reuse results of identical calls for a while (overrides the agent's `cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CachePolicy>,
 }
 
 /// How a failed attempt is retried.

@@ -329,3 +329,59 @@ workflows:
         1.0
     );
 }
+
+#[tokio::test]
+async fn cached_results_are_reused_per_input_until_they_expire() {
+    let fake = fake_agent().await;
+    let app = spawn_app(&format!(
+        r#"
+agents:
+  svc: {{ kind: http, endpoints: ["{url}"], cache: {{ ttl: 1s }} }}
+  fresh: {{ kind: http, endpoints: ["{url}"] }}
+workflows:
+  lookup:
+    steps:
+      - {{ id: get, agent: svc, action: lookup, input: {{ city: "{{{{ input.city }}}}" }} }}
+      - {{ id: hour, agent: fresh, action: uncached, cache: {{ ttl: 1h }}, input: {{ city: "{{{{ input.city }}}}" }} }}
+"#,
+        url = fake.url
+    ))
+    .await;
+    let run = |city: &'static str| {
+        let app = &app;
+        async move {
+            let id = app.start_run("lookup", json!({"city": city})).await;
+            app.finished(&id).await
+        }
+    };
+    let first = run("Oslo").await;
+    let second = run("Oslo").await;
+    assert_eq!(second["status"], "succeeded");
+    assert_eq!(
+        step(&second, "get")["output"],
+        step(&first, "get")["output"],
+        "same input, cached output"
+    );
+    let lookups = || fake.actions().iter().filter(|a| *a == "lookup").count();
+    assert_eq!(lookups(), 1);
+    run("Rome").await;
+    assert_eq!(lookups(), 2, "another input is another key");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    run("Oslo").await;
+    assert_eq!(lookups(), 3, "expired after its ttl");
+    assert_eq!(
+        fake.actions().iter().filter(|a| *a == "uncached").count(),
+        2,
+        "the step's own cache (1h) holds Oslo and Rome"
+    );
+    let text = app.text("/metrics").await;
+    // Hits: the second Oslo run's two steps, and the third's `hour`.
+    assert_eq!(
+        metric(&text, "cache_requests_total", &[("result", "hit")]),
+        3.0
+    );
+    assert_eq!(
+        metric(&text, "cache_requests_total", &[("result", "miss")]),
+        5.0
+    );
+}
