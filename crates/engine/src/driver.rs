@@ -701,7 +701,7 @@ impl Driver {
         let shared = self.shared.clone();
         self.work.spawn(async move {
             if let Some((key, _)) = &cached
-                && let Some(output) = shared.cache.get(key)
+                && let Some(output) = shared.cache.get(key).await
             {
                 let result = Ok(AgentResponse::output(output));
                 return Report::Attempt {
@@ -713,7 +713,7 @@ impl Driver {
             }
             let (agent, result) = call(&shared, target, req, timeout, priority).await;
             if let (Some((key, ttl)), Ok(resp)) = (cached, &result) {
-                shared.cache.put(key, resp.output.clone(), ttl);
+                shared.cache.put(key, resp.output.clone(), ttl).await;
             }
             Report::Attempt {
                 step,

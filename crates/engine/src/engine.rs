@@ -198,7 +198,12 @@ impl Engine {
             workflows.insert(name.clone(), c);
         }
         let (events, _) = broadcast::channel(4096);
-        let cache = crate::cache::ResultCache::new(config.cache.max_entries, &metrics);
+        let cache = crate::cache::ResultCache::new(
+            config.cache.max_entries,
+            config.cache.url.as_deref(),
+            &metrics,
+        )
+        .map_err(EngineError::BadRequest)?;
         let config_replica = config
             .engine
             .replica_id

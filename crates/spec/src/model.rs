@@ -262,6 +262,9 @@ pub struct CacheConfig {
     /// Most results kept in memory; the oldest go first.
     #[serde(default = "default_cache_entries")]
     pub max_entries: usize,
+    /// `redis://host:6379/0`: keep results in Redis, shared by replicas (redacted in output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 fn default_cache_entries() -> usize {
@@ -272,6 +275,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             max_entries: default_cache_entries(),
+            url: None,
         }
     }
 }

@@ -11,5 +11,6 @@ mod fakes;
 mod helpers;
 mod outage;
 mod pg;
+mod redis_cache;
 mod replicas;
 mod tls;
