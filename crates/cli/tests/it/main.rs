@@ -13,4 +13,5 @@ mod outage;
 mod pg;
 mod redis_cache;
 mod replicas;
+mod secrets;
 mod tls;

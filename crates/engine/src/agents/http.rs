@@ -16,14 +16,18 @@ use super::{Agent, AgentError, AgentRequest, AgentResponse};
 pub struct Endpoint {
     /// Where requests go.
     pub url: String,
+    /// The URL as errors show it: credentials hidden.
+    shown: String,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
 }
 
 impl Endpoint {
     fn new(url: String) -> Arc<Self> {
+        let shown = flotilla_spec::redact::redact_url(&url);
         Arc::new(Self {
             url,
+            shown,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
         })
@@ -145,25 +149,26 @@ impl Agent for HttpAgent {
             builder = builder.header(k, v);
         }
         let resp = builder.send().await.map_err(|e| {
-            AgentError::retryable(format!("calling {}: {}", ep.url, super::error_text(&e)))
+            AgentError::retryable(format!("calling {}: {}", ep.shown, super::error_text(&e)))
         })?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| {
             AgentError::retryable(format!(
                 "reading answer of {}: {}",
-                ep.url,
+                ep.shown,
                 super::error_text(&e)
             ))
         })?;
         if !status.is_success() {
             let snippet: String = String::from_utf8_lossy(&body).chars().take(300).collect();
-            let message = format!("{} answered {status}: {snippet}", ep.url);
+            let message = format!("{} answered {status}: {snippet}", ep.shown);
             let retryable =
                 status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
             return Err(AgentError::Failed { message, retryable });
         }
-        let value: Value = serde_json::from_slice(&body)
-            .map_err(|e| AgentError::permanent(format!("{} answered invalid JSON: {e}", ep.url)))?;
+        let value: Value = serde_json::from_slice(&body).map_err(|e| {
+            AgentError::permanent(format!("{} answered invalid JSON: {e}", ep.shown))
+        })?;
         let output = match value {
             Value::Object(mut m) if m.contains_key("output") => {
                 m.remove("output").unwrap_or(Value::Null)
