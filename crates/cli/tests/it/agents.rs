@@ -2,8 +2,8 @@
 
 use serde_json::json;
 
+use crate::app::{metric, spawn_app, step};
 use crate::fakes::{fake_agent, fake_llm};
-use crate::helpers::{metric, spawn_app, step};
 
 #[tokio::test]
 async fn http_agent_sends_idempotency_key_and_traceparent() {

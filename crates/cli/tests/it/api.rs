@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{metric, spawn_app};
+use crate::app::{metric, spawn_app};
 
 const CONFIG: &str = r#"
 agents:

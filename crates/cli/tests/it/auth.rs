@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, flotilla, metric, spawn_app};
+use crate::app::{TestApp, flotilla, metric, spawn_app};
 
 const VIEWER: &str = "flk_viewer_key_for_tests";
 const OPERATOR: &str = "flk_operator_key_for_tests";

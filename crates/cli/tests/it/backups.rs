@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{flotilla, postgres_database, spawn_app, spawn_app_in};
+use crate::app::{flotilla, postgres_database, spawn_app, spawn_app_in};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_backup_while_serving_then_restore() {

@@ -1,6 +1,6 @@
 //! The command line: validation errors, config show, run.
 
-use crate::helpers::flotilla;
+use crate::app::flotilla;
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
     let p = dir.join(name);

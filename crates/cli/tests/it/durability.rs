@@ -2,8 +2,8 @@
 
 use serde_json::json;
 
+use crate::app::{spawn_app, step};
 use crate::fakes::fake_agent;
-use crate::helpers::{spawn_app, step};
 
 #[tokio::test]
 async fn kill_9_mid_run_then_restart_runs_succeeded_steps_exactly_once() {
@@ -117,7 +117,7 @@ workflows:
 #[tokio::test]
 async fn a_second_server_on_the_same_database_refuses_to_start() {
     let app = spawn_app("agents: { e: { kind: builtin, builtin: echo } }\n").await;
-    let (code, _, stderr) = crate::helpers::flotilla(
+    let (code, _, stderr) = crate::app::flotilla(
         app.dir.path(),
         &[
             "serve",

@@ -3,8 +3,8 @@
 
 use serde_json::json;
 
+use crate::app::{metric, spawn_app, step};
 use crate::fakes::fake_agent;
-use crate::helpers::{metric, spawn_app, step};
 
 #[tokio::test]
 async fn parallel_branches_run_at_the_same_time_and_join() {

@@ -2,13 +2,13 @@
 
 mod agents;
 mod api;
+mod app;
 mod auth;
 mod backups;
 mod cli;
 mod durability;
 mod engine;
 mod fakes;
-mod helpers;
 mod outage;
 mod pg;
 mod redis_cache;

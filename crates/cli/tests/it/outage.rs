@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::spawn_app_in;
+use crate::app::spawn_app_in;
 use crate::pg::PrivatePostgres;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

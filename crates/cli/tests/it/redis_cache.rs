@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::app::{metric, spawn_app};
 use crate::fakes::fake_agent;
-use crate::helpers::{metric, spawn_app};
 
 /// A redis-server on a free loopback port, killed when dropped.
 struct RedisServer {

@@ -3,8 +3,8 @@
 
 use serde_json::json;
 
+use crate::app::{flotilla, spawn_app_in};
 use crate::fakes::fake_llm;
-use crate::helpers::{flotilla, spawn_app_in};
 
 const CANARY: &str = "canary-5f1d9c2e-secret";
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::helpers::spawn_app_with;
+use crate::app::spawn_app_with;
 
 /// Makes a CA and a server certificate for 127.0.0.1 signed by it, under `prefix`.
 fn make_ca_and_cert(dir: &Path, prefix: &str) {
@@ -152,7 +152,7 @@ fn unusable_tls_files_stop_startup_with_a_clear_error() {
         "server: { tls: { cert: /nonexistent/cert.pem, key: /nonexistent/key.pem } }\n",
     )
     .unwrap();
-    let (code, _, err) = crate::helpers::flotilla(
+    let (code, _, err) = crate::app::flotilla(
         dir.path(),
         &[
             "serve",
