@@ -113,12 +113,12 @@ fn sqlite_backup(db: &Path, dest: &Path) -> Result<()> {
 }
 
 fn sqlite_restore(db: &Path, src: &Path, force: bool) -> Result<()> {
-    let _lock = crate::sqlite::take_lock(db).map_err(|_| {
+    let _lock = crate::sqlite::take_lock(db)?.map_err(|_| {
         StoreError::Locked(format!(
             "database {} is in use by a running flotilla; stop it before restoring",
             db.display()
         ))
-    })??;
+    })?;
     let mut conn = Connection::open(db)?;
     let holds_runs: bool = conn
         .query_row(

@@ -54,23 +54,21 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// Takes the lock that keeps a database to one process: `Ok(Ok(file))` while held,
-/// `Err(lock path)` when another process holds it.
-pub(crate) fn take_lock(db: &Path) -> std::result::Result<Result<File>, PathBuf> {
+/// The lock that keeps a database to one process is held by another one.
+pub(crate) struct Held(pub PathBuf);
+
+/// Takes the lock that keeps a database to one process; it is held while the file lives.
+pub(crate) fn take_lock(db: &Path) -> Result<std::result::Result<File, Held>> {
     let lock_path = PathBuf::from(format!("{}.lock", db.display()));
-    let lock = match File::options()
+    let lock = File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&lock_path)
-    {
-        Ok(f) => f,
-        Err(e) => return Ok(Err(e.into())),
-    };
-    if lock.try_lock().is_err() {
-        return Err(lock_path);
-    }
-    Ok(Ok(lock))
+        .open(&lock_path)?;
+    Ok(match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(_) => Err(Held(lock_path)),
+    })
 }
 
 /// `sqlite://flotilla.db`, `sqlite:///abs/path.db`, `sqlite:flotilla.db` → a path.
@@ -116,14 +114,14 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let lock = take_lock(&path).map_err(|held| {
+        let lock = take_lock(&path)?.map_err(|Held(held)| {
             StoreError::Locked(format!(
                 "database {} is in use by another flotilla process (lock {} is held); \
                  SQLite serves one process: stop the other one, or use PostgreSQL for several replicas",
                 path.display(),
                 held.display()
             ))
-        })??;
+        })?;
         let conn = open_conn(&path, options.durable)?;
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::Builder::new()
