@@ -558,6 +558,9 @@ impl Engine {
             (Some(a), None) if self.shared.registry.get(a).is_none() => {
                 return Err(EngineError::UnknownAgent(a.clone()));
             }
+            (None, Some(c)) if !self.shared.registry.offers(c) => {
+                return Err(EngineError::UnknownCapability(c.clone()));
+            }
             _ => {}
         }
         let started = std::time::Instant::now();

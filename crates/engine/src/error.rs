@@ -11,6 +11,9 @@ pub enum EngineError {
     /// No agent by that name.
     #[error("unknown agent `{0}`")]
     UnknownAgent(String),
+    /// No agent, healthy or not, offers that capability.
+    #[error("no agent offers capability `{0}`")]
+    UnknownCapability(String),
     /// No run or task with that id.
     #[error("no run with id `{0}`")]
     RunNotFound(String),

@@ -294,6 +294,14 @@ impl Registry {
             .cloned()
     }
 
+    /// Whether any live agent, healthy or not, offers `capability`.
+    pub fn offers(&self, capability: &str) -> bool {
+        let now = Instant::now();
+        self.read()
+            .values()
+            .any(|a| !a.expired(now) && a.capabilities.iter().any(|c| c == capability))
+    }
+
     /// The least-loaded healthy agent offering `capability`.
     pub fn for_capability(&self, capability: &str) -> Result<Arc<AgentEntry>, AgentError> {
         let now = Instant::now();

@@ -209,7 +209,10 @@ async fn remote_agents_register_with_a_ttl_and_serve_capabilities() {
             json!({"capability": "forecast", "input": {}}),
         )
         .await;
-    assert_eq!(code, 503, "the registration expired");
+    assert_eq!(
+        code, 404,
+        "the registration expired: nobody offers the capability now"
+    );
     let (_, agents) = app.get("/api/v1/agents").await;
     assert_eq!(agents["total"], 1);
 }

@@ -147,8 +147,13 @@ async fn execute_errors() {
         ),
         (
             json!({"capability": "teleport", "input": 1}),
-            503,
-            "unavailable",
+            404,
+            "not_found",
+        ),
+        (
+            json!({"capability": "", "input": 1}),
+            400,
+            "invalid_request",
         ),
     ];
     for (body, code, kind) in cases {

@@ -41,6 +41,15 @@ pub struct TaskBody {
 
 impl TaskBody {
     fn validate(self, problems: &mut Vec<String>, prefix: &str) -> TaskRequest {
+        for (field, value) in [
+            ("agent", &self.agent),
+            ("capability", &self.capability),
+            ("action", &self.action),
+        ] {
+            if value.as_deref() == Some("") {
+                problems.push(format!("{prefix}`{field}` must not be empty"));
+            }
+        }
         if self.agent.is_some() == self.capability.is_some() {
             problems.push(format!(
                 "{prefix}give exactly one of `agent` and `capability`"
