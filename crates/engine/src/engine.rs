@@ -42,10 +42,11 @@ impl Compiled {
             ),
             None => None,
         };
-        let json = serde_json::to_string(&workflow).expect("a workflow always serializes");
+        // One serialization gives both the stored snapshot and its hash.
+        let (json, hash) = workflow.snapshot();
         Ok(Arc::new(Compiled {
             name: name.to_owned(),
-            hash: workflow.definition_hash(),
+            hash,
             dag: Dag::new(&workflow),
             json,
             workflow,

@@ -41,9 +41,15 @@ pub use validate::find_cycle;
 use sha2::{Digest, Sha256};
 
 impl Workflow {
-    /// A stable hash of the definition: runs pin the snapshot with this hash.
+    /// The definition as JSON and its SHA-256: runs pin the snapshot with this hash.
+    pub fn snapshot(&self) -> (String, String) {
+        let json = serde_json::to_string(self).expect("a workflow always serializes");
+        let hash = hex::encode(Sha256::digest(json.as_bytes()));
+        (json, hash)
+    }
+
+    /// The hash of [`Workflow::snapshot`].
     pub fn definition_hash(&self) -> String {
-        let body = serde_json::to_vec(self).expect("a workflow always serializes");
-        hex::encode(Sha256::digest(&body))
+        self.snapshot().1
     }
 }
