@@ -240,3 +240,9 @@ pub struct RunQuery {
     /// Only runs older than this id (the previous page's `next_cursor`).
     pub before: Option<String>,
 }
+
+/// Parses a stored JSON column; text that does not parse is a corrupt record.
+pub(crate) fn parse_json(text: Option<String>) -> crate::Result<Option<Value>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| crate::StoreError::Corrupt(e.to_string())))
+        .transpose()
+}

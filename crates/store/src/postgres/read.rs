@@ -4,6 +4,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 
+use crate::record::parse_json as json;
 use crate::record::{EventRecord, RunKind, RunQuery, RunRecord, RunStatus, StepRecord, StepStatus};
 use crate::{Result, StoreError};
 
@@ -12,11 +13,6 @@ macro_rules! run_columns {
         "id, kind, workflow, definition_hash, status, priority, input, metadata, output, error, \
          created_at, updated_at, finished_at, deadline_at"
     };
-}
-
-fn json(text: Option<String>) -> Result<Option<Value>> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .transpose()
 }
 
 fn run_row(row: &PgRow) -> Result<RunRecord> {

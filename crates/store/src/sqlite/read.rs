@@ -3,17 +3,13 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
+use crate::record::parse_json as json;
 use crate::record::{EventRecord, RunKind, RunQuery, RunRecord, RunStatus, StepRecord, StepStatus};
 use crate::{Result, StoreError};
 
 const RUN_COLUMNS: &str =
     "id, kind, workflow, definition_hash, status, priority, input, metadata, output, error,
                            created_at, updated_at, finished_at, deadline_at";
-
-fn json(text: Option<String>) -> Result<Option<Value>> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .transpose()
-}
 
 fn run_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, [Option<String>; 3])> {
     let kind: String = row.get(1)?;
