@@ -157,7 +157,7 @@ impl AgentEntry {
 }
 
 /// What `GET /api/v1/agents` shows of an agent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AgentStatus {
     /// Name.
     pub id: String,
@@ -186,22 +186,39 @@ pub struct AgentStatus {
 }
 
 /// A remote agent announcing itself (`POST /api/v1/agents/register`); repeat it as a heartbeat.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
-    /// Agent name.
+    /// Agent name: letters, digits, `_`, `-` and `.`.
+    #[schema(pattern = r"^[A-Za-z0-9_.-]+$")]
     pub name: String,
-    /// Its endpoints (http).
+    /// Its endpoints: http:// or https:// URLs.
+    #[schema(schema_with = endpoints_schema)]
     pub endpoints: Vec<String>,
     /// Capabilities it offers.
     #[serde(default)]
     pub capabilities: Vec<String>,
-    /// Seconds until it is forgotten unless it registers again (default 30, at most 3600).
-    #[serde(default)]
+    /// Seconds until it is forgotten unless it registers again (default 30).
+    #[serde(default, deserialize_with = "flotilla_spec::whole::option_u64")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub ttl_seconds: Option<u64>,
     /// What it is for.
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// At least one http:// or https:// URL.
+fn endpoints_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^https?://")),
+        )
+        .min_items(Some(1))
+        .description(Some("Its endpoints: http:// or https:// URLs."))
+        .build()
 }
 
 /// Why a registration was refused.
@@ -353,7 +370,13 @@ impl Registry {
                 "`name` may only use letters, digits, `_`, `-` and `.`".into(),
             ));
         }
-        let ttl = Duration::from_secs(reg.ttl_seconds.unwrap_or(30).clamp(1, 3600));
+        let ttl = reg.ttl_seconds.unwrap_or(30);
+        if !(1..=3600).contains(&ttl) {
+            return Err(RegistrationError::Invalid(format!(
+                "`ttl_seconds` must be 1 to 3600, got {ttl}"
+            )));
+        }
+        let ttl = Duration::from_secs(ttl);
         let expires = Instant::now() + ttl;
         let mut agents = self.agents.write().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = agents.get(&reg.name) {

@@ -4,9 +4,22 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_engine::{EngineError, RegistrationError};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::observe::current_request_id;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable kind: `invalid_request`, `unauthorized`, `not_found`, …
+    pub error: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Every problem found (validation errors); empty otherwise.
+    pub details: Vec<String>,
+    /// The request's `x-request-id`.
+    pub request_id: String,
+}
 
 /// An error answer: `{"error", "message", "details", "request_id"}`.
 #[derive(Debug, thiserror::Error)]
@@ -122,12 +135,12 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(request_id = %request_id, status = status.as_u16(), "{self}"),
         }
-        let body = json!({
-            "error": kind,
-            "message": self.to_string(),
-            "details": details,
-            "request_id": request_id,
-        });
+        let body = ErrorBody {
+            error: kind.to_owned(),
+            message: self.to_string(),
+            details,
+            request_id,
+        };
         let mut resp = (status, Json(body)).into_response();
         let headers = resp.headers_mut();
         match &self {

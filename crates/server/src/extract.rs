@@ -1,9 +1,11 @@
 //! A JSON extractor whose rejections are [`ApiError`]s: 400 for malformed JSON, 413 for an
-//! oversized body, 415 for a missing content type, 422 for valid JSON of the wrong shape.
+//! oversized body, 415 for a missing content type, 422 for valid JSON of the wrong shape;
+//! and a query extractor whose rejections are 400s with the same body.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -53,3 +55,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 /// The configured body limit, put in request extensions so rejections can name it.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub u64);
+
+/// `Query<T>` with API errors: 400 naming the parameter that did not parse.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::BadRequest {
+                message: "invalid query string".into(),
+                details: vec![
+                    e.body_text()
+                        .trim_start_matches("Failed to deserialize query string: ")
+                        .to_owned(),
+                ],
+            })
+    }
+}

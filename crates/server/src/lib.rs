@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::routing::{get, post};
 use flotilla_engine::Engine;
 use flotilla_engine::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 
@@ -89,32 +90,88 @@ impl AppState {
     }
 }
 
+/// Every route with its OpenAPI description: a handler is documented by the same call that
+/// routes it, so the two cannot drift apart.
+fn routes() -> OpenApiRouter<AppState> {
+    use routes::*;
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(utoipa_axum::routes!(tasks::execute))
+        .routes(utoipa_axum::routes!(tasks::batch))
+        .routes(utoipa_axum::routes!(tasks::status))
+        .routes(utoipa_axum::routes!(agents::list))
+        .routes(utoipa_axum::routes!(agents::register))
+        .routes(utoipa_axum::routes!(runs::workflows))
+        .routes(utoipa_axum::routes!(runs::start))
+        .routes(utoipa_axum::routes!(runs::list))
+        .routes(utoipa_axum::routes!(runs::get))
+        .routes(utoipa_axum::routes!(runs::cancel))
+        .routes(utoipa_axum::routes!(events::stream))
+        .routes(utoipa_axum::routes!(health::health))
+        .routes(utoipa_axum::routes!(health::livez))
+        .routes(utoipa_axum::routes!(health::ready))
+        .routes(utoipa_axum::routes!(health::readyz))
+        .routes(utoipa_axum::routes!(health::metrics))
+        .routes(utoipa_axum::routes!(meta::openapi))
+        .routes(utoipa_axum::routes!(meta::version))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "flotilla", description = "Durable multi-agent workflows over HTTP."),
+    modifiers(&Credentials),
+    security(("bearer" = []), ("api_key" = [])),
+    tags(
+        (name = "tasks", description = "Seed 003's task contract: one-step runs"),
+        (name = "runs", description = "Workflow runs"),
+        (name = "agents", description = "The agent fleet"),
+        (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "meta", description = "About this server"),
+    )
+)]
+struct ApiDoc;
+
+/// The two ways to authenticate: `Authorization: Bearer <JWT or API key>` and `X-API-Key`.
+struct Credentials;
+
+impl utoipa::Modify for Credentials {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A JWT, or an API key from `flotilla keys create`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+        );
+    }
+}
+
+/// The OpenAPI document of the whole API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    use routes::*;
-    let api = Router::new()
-        .route("/api/v1/execute", post(tasks::execute))
-        .route("/api/v1/batch", post(tasks::batch))
-        .route("/api/v1/status/{id}", get(tasks::status))
-        .route("/api/v1/agents", get(agents::list))
-        .route("/api/v1/agents/register", post(agents::register))
-        .route("/api/v1/workflows", get(runs::workflows))
-        .route("/api/v1/workflows/{name}/runs", post(runs::start))
-        .route("/api/v1/runs", get(runs::list))
-        .route("/api/v1/runs/{id}", get(runs::get))
-        .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
-        .route("/api/v1/runs/{id}/events", get(events::stream))
-        .route("/health", get(health::health))
-        .route("/livez", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/readyz", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(meta::openapi))
-        .route("/version", get(meta::version))
+    let (api, _) = routes().split_for_parts();
+    let api = api
         .fallback(not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::layer,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::deadline,
         ))
         .route_layer(axum::middleware::from_fn(observe::route_template));
     let mut app = api

@@ -85,3 +85,25 @@ pub async fn route_template(req: Request, next: Next) -> Response {
     }
     resp
 }
+
+/// Answers 504 when a request takes longer than `server.request_timeout`. The event stream
+/// is exempt: it lasts as long as its run.
+pub async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let streaming = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str().ends_with("/events"));
+    if streaming {
+        return next.run(req).await;
+    }
+    let limit = state.request_timeout;
+    tokio::time::timeout(limit, next.run(req))
+        .await
+        .unwrap_or_else(|_| {
+            ApiError::Timeout(format!(
+                "the request did not finish within server.request_timeout ({})",
+                humantime::format_duration(limit)
+            ))
+            .into_response()
+        })
+}

@@ -29,6 +29,7 @@ pub mod redact;
 pub mod template;
 mod units;
 mod validate;
+pub mod whole;
 pub mod yaml;
 
 pub use error::{Diagnostic, Origin, Result, SpecError};

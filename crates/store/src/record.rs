@@ -6,7 +6,7 @@ use serde_json::Value;
 macro_rules! status_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),* $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($(#[$vdoc])* $variant),* }
 
@@ -130,7 +130,7 @@ pub enum CreateOutcome {
 }
 
 /// A stored run with its steps.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunRecord {
     /// Run id.
     pub id: String,
@@ -165,7 +165,7 @@ pub struct RunRecord {
 }
 
 /// A stored step.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct StepRecord {
     /// Step id.
     #[serde(rename = "id")]
@@ -185,7 +185,7 @@ pub struct StepRecord {
 }
 
 /// One transition, kept for the events stream.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct EventRecord {
     /// Run id.
     pub run_id: String,

@@ -33,7 +33,34 @@ async fn health_ready_version_openapi_and_metrics() {
     assert_eq!(health["components"]["store"]["status"], "healthy");
     assert_eq!(health["components"]["agents"]["total"], 2);
     let (_, doc) = app.get("/openapi.json").await;
-    assert!(doc["paths"]["/api/v1/workflows/{name}/runs"]["post"].is_object());
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), 18, "{:?}", paths.keys());
+    let mut operation_ids = std::collections::BTreeSet::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(
+                operation_ids.insert(id),
+                "{method} {path}: duplicate operationId {id}"
+            );
+            assert!(op["responses"]["200"].is_object() || op["responses"]["202"].is_object());
+        }
+    }
+    let start = &paths["/api/v1/workflows/{name}/runs"]["post"];
+    assert_eq!(
+        start["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/StartBody"
+    );
+    let task = &doc["components"]["schemas"]["TaskBody"];
+    assert_eq!(task["additionalProperties"], false, "{task}");
+    assert_eq!(task["properties"]["instructions"]["maxLength"], 5000);
+    assert_eq!(task["properties"]["timeout"]["minimum"], 1000);
+    assert_eq!(
+        doc["components"]["schemas"]["ErrorBody"]["required"],
+        json!(["error", "message", "details", "request_id"])
+    );
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     let text = app.text("/metrics").await;
     for name in [
         "http_requests_total",
@@ -172,6 +199,36 @@ async fn execute_errors() {
     assert_eq!(code, 400);
     let (code, body) = app.get("/api/v1/status/does-not-exist").await;
     assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
+    for query in ["status=bogus", "limit=abc", "limit=0", "colour=red"] {
+        let (code, body) = app.get(&format!("/api/v1/runs?{query}")).await;
+        assert_eq!(code, 400, "{query}: {body}");
+        assert_eq!(body["error"], "invalid_request", "{query}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_past_request_timeout_is_504() {
+    let app = spawn_app(
+        "server: { request_timeout: 1s }\nagents: { slow: { kind: builtin, builtin: sleep, delay: 5s } }\n",
+    )
+    .await;
+    let (code, body) = app
+        .post(
+            "/api/v1/execute",
+            json!({"agent": "slow", "input": 1, "timeout": 10000}),
+        )
+        .await;
+    assert_eq!(code, 504, "{body}");
+    assert_eq!(body["error"], "timeout");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("request_timeout"),
+        "{body}"
+    );
+    let (code, _) = app.get("/health").await;
+    assert_eq!(code, 200);
 }
 
 #[tokio::test]

@@ -353,7 +353,7 @@ async fn auth_off_is_loud_and_bad_auth_config_exits_2() {
 }
 
 #[tokio::test]
-async fn cors_for_configured_origins_and_gzip_on_request() {
+async fn cors_for_configured_origins_and_compression_on_request() {
     let app = spawn_app(
         "server: { cors_origins: [\"https://console.example\"] }\nagents: { echo: { kind: builtin, builtin: echo } }\n",
     )
@@ -386,4 +386,12 @@ async fn cors_for_configured_origins_and_gzip_on_request() {
         .await
         .unwrap();
     assert_eq!(r.headers()["content-encoding"], "gzip");
+    let r = app
+        .client
+        .get(app.url("/openapi.json"))
+        .header("accept-encoding", "br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "br");
 }

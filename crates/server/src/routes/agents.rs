@@ -2,34 +2,50 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use flotilla_engine::Registration;
-use serde_json::{Value, json};
+use flotilla_engine::{AgentStatus, Registration};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 
+/// Every agent, configured and registered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentList {
+    /// The agents.
+    agents: Vec<AgentStatus>,
+    /// How many.
+    total: usize,
+    /// How many are healthy.
+    healthy: usize,
+}
+
 /// Agents with health, circuit state, load and error rate.
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/agents", operation_id = "listAgents", tag = "agents",
+    responses((status = 200, description = "Every agent", body = AgentList),
+        (status = "default", description = "An error", body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<AgentList>, ApiError> {
     let engine = state.engine()?;
     let agents = engine.agents();
     let healthy = agents.iter().filter(|a| a.status == "healthy").count();
-    Ok(Json(
-        json!({"agents": agents, "total": agents.len(), "healthy": healthy}),
-    ))
+    Ok(Json(AgentList {
+        total: agents.len(),
+        healthy,
+        agents,
+    }))
 }
 
-/// `POST /api/v1/agents/register`: a remote agent announces itself; repeat before the TTL
-/// runs out as a heartbeat.
+/// Register or refresh a remote agent.
+///
+/// A remote agent announces itself; repeat before the TTL runs out as a heartbeat.
+#[utoipa::path(post, path = "/api/v1/agents/register", operation_id = "registerAgent", tag = "agents", request_body = Registration,
+    responses((status = 200, description = "The agent as registered", body = AgentStatus),
+        (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     ApiJson(reg): ApiJson<Registration>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Json<AgentStatus>, ApiError> {
     let engine = state.engine()?;
-    let status = engine.register_agent(reg)?;
-    Ok((
-        StatusCode::OK,
-        Json(serde_json::to_value(status).map_err(|e| ApiError::Internal(e.to_string()))?),
-    ))
+    Ok(Json(engine.register_agent(reg)?))
 }

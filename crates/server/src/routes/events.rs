@@ -16,6 +16,22 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::AppState;
 use crate::error::ApiError;
 
+/// One server-sent event, as a client's parser sees it.
+#[derive(utoipa::ToSchema)]
+#[expect(
+    dead_code,
+    reason = "describes the wire format; events are built by `to_sse`"
+)]
+pub struct SseEvent {
+    /// The kind: `run_started`, `step_succeeded`, `run_finished`, …
+    event: String,
+    /// The event's sequence number within its run; send it back as `Last-Event-ID`.
+    id: String,
+    /// The event as a JSON-encoded EventRecord.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
 fn to_sse(e: &EventRecord) -> Event {
     Event::default()
         .event(e.kind.clone())
@@ -24,7 +40,15 @@ fn to_sse(e: &EventRecord) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserializable event"))
 }
 
-/// Streams a run's events.
+/// Server-sent events of a run's transitions.
+///
+/// Each event's `id` is its sequence number; reconnect with `Last-Event-ID` to resume. The
+/// stream ends after `run_finished`.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/events", operation_id = "streamRunEvents", tag = "runs",
+    params(("id" = String, Path, description = "Run id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this sequence number")),
+    responses((status = 200, description = "An event stream; each event's `data:` is an EventRecord", content_type = "text/event-stream", body = SseEvent),
+        (status = "default", description = "An error", body = crate::error::ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -7,56 +7,137 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::AppState;
 
-/// `GET /health` (`/livez`): 200 while the store answers, 503 when it does not. Unhealthy
-/// agents make the status `degraded` but not 503: restarting flotilla would not heal them.
-pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let mut healthy = true;
-    let mut components = serde_json::Map::new();
-    match state.engine.get() {
-        None => {
-            components.insert("store".into(), json!({"status": "starting"}));
-        }
-        Some(engine) => {
-            let started = Instant::now();
-            let ping = tokio::time::timeout(Duration::from_secs(2), engine.store().ping()).await;
-            let store = match ping {
-                Ok(Ok(())) => {
-                    json!({"status": "healthy", "backend": engine.store().backend(), "latency_ms": started.elapsed().as_secs_f64() * 1000.0})
-                }
-                Ok(Err(e)) => {
-                    healthy = false;
-                    json!({"status": "unhealthy", "backend": engine.store().backend(), "error": e.to_string()})
-                }
-                Err(_) => {
-                    healthy = false;
-                    json!({"status": "unhealthy", "backend": engine.store().backend(), "error": "no answer within 2s"})
-                }
-            };
-            components.insert("store".into(), store);
-            let agents = engine.agents();
-            let unhealthy: Vec<&str> = agents
-                .iter()
-                .filter(|a| a.status != "healthy")
-                .map(|a| a.id.as_str())
-                .collect();
-            components.insert(
-                "agents".into(),
-                json!({
-                    "status": if unhealthy.is_empty() { "healthy" } else { "degraded" },
-                    "total": agents.len(),
-                    "unhealthy": unhealthy,
-                }),
-            );
-            components.insert("runs".into(), json!({"active": engine.active_runs()}));
-        }
+/// Liveness with component detail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `healthy`, `degraded` (some agent unhealthy) or `unhealthy` (the store is down).
+    status: &'static str,
+    /// flotilla's version.
+    version: &'static str,
+    /// Seconds since start.
+    uptime_seconds: u64,
+    /// Per component.
+    components: Components,
+}
+
+/// The parts `/health` checks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Components {
+    /// The store.
+    store: StoreHealth,
+    /// The agents, once the engine started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agents: Option<AgentsHealth>,
+    /// Runs in flight, once the engine started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runs: Option<RunsHealth>,
+}
+
+/// The store's answer to a ping.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreHealth {
+    /// `starting`, `healthy` or `unhealthy`.
+    status: &'static str,
+    /// `sqlite` or `postgres`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<&'static str>,
+    /// Ping round trip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
+    /// Why it is unhealthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Agents at a glance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentsHealth {
+    /// `healthy` or `degraded`.
+    status: &'static str,
+    /// How many agents.
+    total: usize,
+    /// Names of the unhealthy ones.
+    unhealthy: Vec<String>,
+}
+
+/// Runs at a glance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunsHealth {
+    /// Runs this process is driving.
+    active: usize,
+}
+
+/// Liveness with component detail.
+///
+/// 200 while the store answers, 503 when it does not. Unhealthy agents make the status
+/// `degraded` but not 503: restarting flotilla would not heal them.
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "health", security(()),
+    responses((status = 200, description = "Alive", body = Health),
+        (status = 503, description = "The store does not answer", body = Health)))]
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let mut components = Components {
+        store: StoreHealth {
+            status: "starting",
+            backend: None,
+            latency_ms: None,
+            error: None,
+        },
+        agents: None,
+        runs: None,
+    };
+    if let Some(engine) = state.engine.get() {
+        let started = Instant::now();
+        let backend = Some(engine.store().backend());
+        let ping = tokio::time::timeout(Duration::from_secs(2), engine.store().ping()).await;
+        components.store = match ping {
+            Ok(Ok(())) => StoreHealth {
+                status: "healthy",
+                backend,
+                latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+                error: None,
+            },
+            Ok(Err(e)) => StoreHealth {
+                status: "unhealthy",
+                backend,
+                latency_ms: None,
+                error: Some(e.to_string()),
+            },
+            Err(_) => StoreHealth {
+                status: "unhealthy",
+                backend,
+                latency_ms: None,
+                error: Some("no answer within 2s".into()),
+            },
+        };
+        let agents = engine.agents();
+        let unhealthy: Vec<String> = agents
+            .iter()
+            .filter(|a| a.status != "healthy")
+            .map(|a| a.id.clone())
+            .collect();
+        components.agents = Some(AgentsHealth {
+            status: if unhealthy.is_empty() {
+                "healthy"
+            } else {
+                "degraded"
+            },
+            total: agents.len(),
+            unhealthy,
+        });
+        components.runs = Some(RunsHealth {
+            active: engine.active_runs(),
+        });
     }
+    let healthy = components.store.status != "unhealthy";
     let degraded = components
-        .get("agents")
-        .is_some_and(|a| a["status"] == "degraded");
+        .agents
+        .as_ref()
+        .is_some_and(|a| a.status == "degraded");
     let status = if !healthy {
         "unhealthy"
     } else if degraded {
@@ -69,24 +150,40 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        code,
-        Json(json!({
-            "status": status,
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_seconds": state.started.elapsed().as_secs(),
-            "components": components,
-        })),
-    )
+    let body = Health {
+        status,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        components,
+    };
+    (code, Json(body))
 }
 
-/// `GET /ready` (`/readyz`): 200 once migrations ran and the engine started, 503 before
-/// that, during shutdown, and while the store does not answer.
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// Readiness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// Whether to send traffic here.
+    ready: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// Readiness.
+///
+/// 200 once migrations ran and the engine started; 503 before that, during shutdown, and
+/// while the store does not answer.
+#[utoipa::path(get, path = "/ready", operation_id = "ready", tag = "health", security(()),
+    responses((status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready, with the reason", body = Readiness)))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let not_ready = |reason: &str| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": reason})),
+            Json(Readiness {
+                ready: false,
+                reason: Some(reason.to_owned()),
+            }),
         )
     };
     if *state.shutdown.borrow() {
@@ -99,13 +196,39 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         return not_ready("starting");
     }
     match tokio::time::timeout(Duration::from_secs(2), engine.store().ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, Json(json!({"ready": true}))),
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            Json(Readiness {
+                ready: true,
+                reason: None,
+            }),
+        ),
         Ok(Err(e)) => not_ready(&format!("store unavailable: {e}")),
         Err(_) => not_ready("store unavailable: no answer within 2s"),
     }
 }
 
-/// `GET /metrics`: the Prometheus text exposition (OpenMetrics).
+/// The same as `/health`, under the Kubernetes name.
+#[utoipa::path(get, path = "/livez", operation_id = "livez", tag = "health", security(()),
+    responses((status = 200, description = "Alive", body = Health),
+        (status = 503, description = "The store does not answer", body = Health)))]
+pub async fn livez(state: State<AppState>) -> (StatusCode, Json<Health>) {
+    health(state).await
+}
+
+/// The same as `/ready`, under the Kubernetes name.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health", security(()),
+    responses((status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready, with the reason", body = Readiness)))]
+pub async fn readyz(state: State<AppState>) -> (StatusCode, Json<Readiness>) {
+    ready(state).await
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health",
+    security((), ("bearer" = []), ("api_key" = [])),
+    responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text", body = String),
+        (status = "default", description = "An error (when `/metrics` requires credentials)", body = crate::error::ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(

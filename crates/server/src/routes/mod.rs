@@ -11,14 +11,25 @@ use std::time::Duration;
 
 use crate::error::ApiError;
 
-/// Parses `?wait=30s` (or a bare number of seconds).
+/// Parses `?wait=`: `500ms`, `30s`, `2m`, or a bare number of seconds.
 pub fn parse_wait(text: &str) -> Result<Duration, ApiError> {
-    let t = text.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let invalid = || {
+        ApiError::bad_request(format!(
+            "invalid wait `{text}`: use a whole number with ms, s or m (`30s`)"
+        ))
+    };
+    if digits == 0 || digits > 9 {
+        return Err(invalid());
     }
-    humantime::parse_duration(t)
-        .map_err(|e| ApiError::bad_request(format!("invalid wait `{t}`: {e}")))
+    let n: u64 = number.parse().map_err(|_| invalid())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(invalid()),
+    }
 }
 
 /// RFC 3339 time of a unix-millisecond timestamp.

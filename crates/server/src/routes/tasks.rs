@@ -9,12 +9,13 @@ use flotilla_engine::metrics::StatusLabels;
 use flotilla_engine::{TaskRequest, TaskResult};
 use flotilla_spec::Priority;
 use flotilla_store::{RunKind, RunStatus};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::rfc3339;
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 
 /// Limits of seed 003.
@@ -23,20 +24,49 @@ const MAX_INSTRUCTIONS_CHARS: usize = 5_000;
 const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=300_000;
 const MAX_BATCH: usize = 100;
 
-/// One task.
-#[derive(Debug, Deserialize)]
+/// One task: exactly one of `agent` and `capability`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskBody {
+    /// The agent to call.
+    #[schema(min_length = 1)]
     agent: Option<String>,
+    /// Any healthy agent offering this capability.
+    #[schema(min_length = 1)]
     capability: Option<String>,
+    /// The agent's action (default: its first).
+    #[schema(min_length = 1)]
     action: Option<String>,
+    /// What the agent works on; at most 10,000 characters once serialized.
     input: Value,
+    /// At most 5,000 characters.
+    #[schema(max_length = 5000)]
     instructions: Option<String>,
+    /// Queue order.
     priority: Option<Priority>,
-    /// Milliseconds.
+    /// Milliseconds, 1,000 to 300,000.
+    #[serde(default, deserialize_with = "flotilla_spec::whole::option_u64")]
+    #[schema(minimum = 1000, maximum = 300000)]
     timeout: Option<u64>,
+    /// Free-form, kept with the task.
     #[serde(default)]
     metadata: Value,
+}
+
+/// A task that succeeded.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskResponse {
+    /// The task's id (also a run id).
+    task_id: String,
+    /// The agent's output.
+    result: Option<Value>,
+    /// Milliseconds from submission to the end.
+    duration: u64,
+    /// The agent that served it.
+    agent_id: Option<String>,
+    /// When it ended (RFC 3339).
+    timestamp: String,
 }
 
 impl TaskBody {
@@ -91,7 +121,7 @@ impl TaskBody {
     }
 }
 
-fn settle(result: TaskResult) -> Result<Value, ApiError> {
+fn settle(result: TaskResult) -> Result<TaskResponse, ApiError> {
     let o = &result.outcome;
     let message = || {
         o.error
@@ -99,13 +129,13 @@ fn settle(result: TaskResult) -> Result<Value, ApiError> {
             .unwrap_or_else(|| format!("task ended as {}", o.status))
     };
     match o.status {
-        RunStatus::Succeeded => Ok(json!({
-            "taskId": result.task_id,
-            "result": o.output,
-            "duration": result.duration_ms,
-            "agentId": o.agent,
-            "timestamp": rfc3339(flotilla_engine::now_ms()),
-        })),
+        RunStatus::Succeeded => Ok(TaskResponse {
+            task_id: result.task_id,
+            result: o.output.clone(),
+            duration: result.duration_ms,
+            agent_id: o.agent.clone(),
+            timestamp: rfc3339(flotilla_engine::now_ms()),
+        }),
         _ => Err(match o.error_kind {
             Some("timeout") => ApiError::Timeout(message()),
             Some("unavailable") => ApiError::Unavailable {
@@ -117,11 +147,17 @@ fn settle(result: TaskResult) -> Result<Value, ApiError> {
     }
 }
 
-/// `POST /api/v1/execute`: runs one task and answers with its result.
+/// Run one task synchronously.
+///
+/// Answers with the agent's result; 502 when the agent failed, 503 when no agent can take
+/// it (circuit open, unhealthy), 504 when it did not finish within its timeout.
+#[utoipa::path(post, path = "/api/v1/execute", operation_id = "execute", tag = "tasks", request_body = TaskBody,
+    responses((status = 200, description = "The task succeeded", body = TaskResponse),
+        (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn execute(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<TaskBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskResponse>, ApiError> {
     let engine = state.engine()?;
     let mut problems = Vec::new();
     let task = body.validate(&mut problems, "");
@@ -135,17 +171,52 @@ pub async fn execute(
 }
 
 /// Body of `POST /api/v1/batch`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
+    /// 1 to 100 tasks.
+    #[schema(min_items = 1, max_items = 100)]
     tasks: Vec<TaskBody>,
 }
 
-/// `POST /api/v1/batch`: 1–100 tasks, each settled on its own.
+/// How one task of a batch settled.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItem {
+    /// `fulfilled` or `rejected`.
+    status: &'static str,
+    /// The task's id, when it ran.
+    task_id: Option<String>,
+    /// The result, when fulfilled.
+    result: Option<TaskResponse>,
+    /// Why it was rejected.
+    error: Option<String>,
+}
+
+/// A settled batch.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResponse {
+    /// Id of this batch.
+    batch_id: String,
+    /// Tasks submitted.
+    total_tasks: usize,
+    /// Tasks fulfilled.
+    success_count: u64,
+    /// Tasks rejected.
+    error_count: u64,
+    /// One entry per task, in order.
+    results: Vec<BatchItem>,
+}
+
+/// Run 1-100 tasks, each settled on its own.
+#[utoipa::path(post, path = "/api/v1/batch", operation_id = "batch", tag = "tasks", request_body = BatchBody,
+    responses((status = 200, description = "Every task settled", body = BatchResponse),
+        (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn batch(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<BatchBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchResponse>, ApiError> {
     let engine = state.engine()?;
     if body.tasks.is_empty() || body.tasks.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!(
@@ -179,14 +250,24 @@ pub async fn batch(
     }))
     .await;
     let mut ok = 0u64;
-    let results: Vec<Value> = outcomes
+    let results: Vec<BatchItem> = outcomes
         .into_iter()
         .map(|r| match r {
             Ok(v) => {
                 ok += 1;
-                json!({"status": "fulfilled", "taskId": v["taskId"], "result": v, "error": null})
+                BatchItem {
+                    status: "fulfilled",
+                    task_id: Some(v.task_id.clone()),
+                    result: Some(v),
+                    error: None,
+                }
             }
-            Err(e) => json!({"status": "rejected", "result": null, "error": e.to_string()}),
+            Err(e) => BatchItem {
+                status: "rejected",
+                task_id: None,
+                result: None,
+                error: Some(e.to_string()),
+            },
         })
         .collect();
     let errors = total as u64 - ok;
@@ -201,35 +282,63 @@ pub async fn batch(
             status: "error".into(),
         })
         .inc_by(errors);
-    Ok(Json(json!({
-        "batchId": format!("batch-{}", uuid::Uuid::now_v7()),
-        "totalTasks": total,
-        "successCount": ok,
-        "errorCount": errors,
-        "results": results,
-    })))
+    Ok(Json(BatchResponse {
+        batch_id: format!("batch-{}", uuid::Uuid::now_v7()),
+        total_tasks: total,
+        success_count: ok,
+        error_count: errors,
+        results,
+    }))
 }
 
-/// `GET /api/v1/status/{id}`: a task's or run's status.
+/// A task's or run's status.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusResponse {
+    /// Task or run id.
+    task_id: String,
+    /// `task` or `workflow`.
+    kind: RunKind,
+    /// Workflow name.
+    workflow: String,
+    /// Where it is.
+    status: RunStatus,
+    /// Output once succeeded.
+    result: Option<Value>,
+    /// Error once failed.
+    error: Option<String>,
+    /// Attempts made, for a task.
+    attempts: Option<u32>,
+    /// When it was accepted (RFC 3339).
+    created_at: String,
+    /// When it ended (RFC 3339).
+    finished_at: Option<String>,
+}
+
+/// A task's or run's status.
+#[utoipa::path(get, path = "/api/v1/status/{id}", operation_id = "getStatus", tag = "tasks",
+    params(("id" = String, Path, description = "Task or run id")),
+    responses((status = 200, description = "The task or run", body = StatusResponse),
+        (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatusResponse>, ApiError> {
     let engine = state.engine()?;
     let run = engine
         .run(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no task or run with id `{id}`")))?;
     let agent = run.steps.first().filter(|_| run.kind == RunKind::Task);
-    Ok(Json(json!({
-        "taskId": run.id,
-        "kind": run.kind,
-        "workflow": run.workflow,
-        "status": run.status,
-        "result": run.output,
-        "error": run.error,
-        "attempts": agent.map(|s| s.attempts),
-        "createdAt": rfc3339(run.created_at),
-        "finishedAt": run.finished_at.map(rfc3339),
-    })))
+    Ok(Json(StatusResponse {
+        attempts: agent.map(|s| s.attempts),
+        task_id: run.id,
+        kind: run.kind,
+        workflow: run.workflow,
+        status: run.status,
+        result: run.output,
+        error: run.error,
+        created_at: rfc3339(run.created_at),
+        finished_at: run.finished_at.map(rfc3339),
+    }))
 }
