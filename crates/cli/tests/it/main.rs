@@ -13,5 +13,6 @@ mod outage;
 mod pg;
 mod redis_cache;
 mod replicas;
+mod schemathesis;
 mod secrets;
 mod tls;
