@@ -4,6 +4,7 @@ mod backup;
 mod bench;
 mod keys;
 mod logging;
+mod monitoring;
 mod run;
 mod serve;
 mod settings;
@@ -57,6 +58,11 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a backup into the store (refuses a store that holds runs unless --force).
     Restore(backup::RestoreArgs),
+    /// Generate the monitoring bundle: Prometheus config, alert rules, dashboard, runbooks.
+    Monitoring {
+        #[command(subcommand)]
+        command: monitoring::MonitoringCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
             Command::Keys { command } => keys::run(command),
             Command::Backup(args) => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args).await,
+            Command::Monitoring { command } => monitoring::run(command),
         };
         match result {
             Ok(code) => code,

@@ -11,6 +11,7 @@ mod engine;
 mod fakes;
 mod outage;
 mod pg;
+mod prometheus;
 mod redis_cache;
 mod replicas;
 mod schemathesis;
