@@ -2,22 +2,24 @@
 //! its actions — persisting (a success is committed before anything that depends on it
 //! starts), calling agents, arming timers and finishing the run.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_spec::{Priority, template};
+use flotilla_spec::{Budget, Priority, template};
 use flotilla_store::{EventRecord, RunKind, RunRecord, RunStatus, StepRecord, StepStatus, Write};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::agents::{AgentError, AgentRequest, AgentResponse};
+use crate::agents::{AgentError, AgentRequest, AgentResponse, Usage};
 use crate::backoff::retry_delay;
 use crate::cache;
 use crate::clock::now_ms;
 use crate::engine::{Compiled, RunOutcome, Shared};
-use crate::metrics::{WorkflowLabels, WorkflowStatusLabels, WorkflowStepLabels};
+use crate::metrics::{Metrics, WorkflowLabels, WorkflowStatusLabels, WorkflowStepLabels};
+use crate::registry::AgentEntry;
 use crate::scheduler::{self, Action, Condition, Event, Outcome, RunState, StopReason};
 
 /// Messages from the engine to a run.
@@ -71,6 +73,10 @@ pub(crate) struct Driver {
     outputs: Vec<Option<Value>>,
     errors: Vec<Option<String>>,
     started: Vec<Option<i64>>,
+    /// The agent of each step's last attempt.
+    served_by: Vec<Option<String>>,
+    /// Tokens and cost of each step's LLM calls.
+    usage: Vec<Option<Usage>>,
     first_failure: Option<(usize, &'static str)>,
     last_agent: Option<String>,
     trace_id: String,
@@ -113,6 +119,8 @@ impl Driver {
             outputs: vec![None; n],
             errors: vec![None; n],
             started: vec![None; n],
+            served_by: vec![None; n],
+            usage: vec![None; n],
             first_failure: None,
             last_agent: None,
             trace_id: format!("{:032x}", rand::random::<u128>()),
@@ -127,6 +135,8 @@ impl Driver {
         self.outputs[i] = s.output.clone();
         self.errors[i] = s.error.clone();
         self.started[i] = s.started_at;
+        self.served_by[i] = s.agent.clone();
+        self.usage[i] = s.usage;
     }
 
     pub(crate) async fn run(
@@ -220,7 +230,11 @@ impl Driver {
                 result,
             } => {
                 if agent.is_some() {
+                    self.served_by[step] = agent.clone();
                     self.last_agent = agent;
+                }
+                if let Ok(AgentResponse { usage: Some(u), .. }) = &result {
+                    self.usage[step] = Some(self.usage[step].unwrap_or_default() + *u);
                 }
                 let outcome = match result {
                     Ok(resp) => {
@@ -279,6 +293,8 @@ impl Driver {
                 error: self.errors[i].clone(),
                 started_at: self.started[i],
                 finished_at: finished.then(now_ms),
+                agent: self.served_by[i].clone(),
+                usage: self.usage[i],
             },
         }
     }
@@ -699,6 +715,7 @@ impl Driver {
             )
         });
         let shared = self.shared.clone();
+        let spend = self.spend();
         self.work.spawn(async move {
             if let Some((key, _)) = &cached
                 && let Some(output) = shared.cache.get(key).await
@@ -711,7 +728,7 @@ impl Driver {
                     result,
                 };
             }
-            let (agent, result) = call(&shared, target, req, timeout, priority).await;
+            let (agent, result) = call(&shared, target, req, timeout, priority, Some(&spend)).await;
             if let (Some((key, ttl)), Ok(resp)) = (cached, &result) {
                 shared.cache.put(key, resp.output.clone(), ttl).await;
             }
@@ -722,6 +739,25 @@ impl Driver {
                 result,
             }
         });
+    }
+
+    /// What the run has spent so far, in total and by agent.
+    fn spend(&self) -> Spend {
+        let mut by_agent: HashMap<String, Usage> = HashMap::new();
+        let mut total = Usage::default();
+        for (agent, usage) in self.served_by.iter().zip(&self.usage) {
+            if let (Some(agent), Some(u)) = (agent, usage) {
+                let e = by_agent.entry(agent.clone()).or_default();
+                *e = *e + *u;
+                total = total + *u;
+            }
+        }
+        Spend {
+            workflow: self.compiled.name.clone(),
+            budget: self.compiled.workflow.budget,
+            total,
+            by_agent,
+        }
     }
 
     fn compensate(&mut self, step: usize) {
@@ -764,7 +800,7 @@ impl Driver {
         let shared = self.shared.clone();
         let priority = Priority::High;
         self.work.spawn(async move {
-            let (_, result) = call(&shared, target, req, timeout, priority).await;
+            let (_, result) = call(&shared, target, req, timeout, priority, None).await;
             Report::Compensation { step, result }
         });
     }
@@ -802,13 +838,71 @@ fn context(
     template::context(&context_value(compiled, outputs, input, metadata, run_id))
 }
 
-/// One agent call under the concurrency limits and the agent's circuit breaker.
+/// What a run has spent on LLM calls, and its budget: checked before each call.
+struct Spend {
+    workflow: String,
+    budget: Option<Budget>,
+    total: Usage,
+    by_agent: HashMap<String, Usage>,
+}
+
+impl Spend {
+    /// Refuses a call whose estimate would take the run's or the agent's spend past its
+    /// budget, counting the refusal in `llm_budget_exceeded_total`.
+    fn check(
+        &self,
+        entry: &AgentEntry,
+        req: &AgentRequest,
+        metrics: &Metrics,
+    ) -> Result<(), AgentError> {
+        let Some(estimate) = entry.runtime.estimate(req) else {
+            return Ok(());
+        };
+        let on_agent = self.by_agent.get(&entry.name).copied().unwrap_or_default();
+        let limits = [
+            ("workflow", self.workflow.as_str(), self.budget, self.total),
+            ("agent", entry.name.as_str(), entry.budget, on_agent),
+        ];
+        for (scope, name, budget, spent) in limits {
+            let Some(budget) = budget else { continue };
+            let over = if let Some(usd) = budget.usd
+                && spent.cost_usd + estimate.cost_usd > usd
+            {
+                Some(format!(
+                    "{usd} USD per run; {:.4} USD spent, this call would cost up to {:.4} USD",
+                    spent.cost_usd, estimate.cost_usd
+                ))
+            } else if let Some(tokens) = budget.tokens
+                && spent.tokens() + estimate.tokens() > tokens
+            {
+                Some(format!(
+                    "{tokens} tokens per run; {} spent, this call would use up to {}",
+                    spent.tokens(),
+                    estimate.tokens()
+                ))
+            } else {
+                None
+            };
+            if let Some(detail) = over {
+                metrics.budget_exceeded(scope, name);
+                return Err(AgentError::permanent(format!(
+                    "budget exceeded: {scope} `{name}` allows {detail}; the call was not made"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One agent call under the concurrency limits and the agent's circuit breaker; with
+/// `spend`, refused before it is made when it would break a budget.
 async fn call(
     shared: &Shared,
     target: Target,
     req: AgentRequest,
     timeout: Duration,
     priority: Priority,
+    spend: Option<&Spend>,
 ) -> (Option<String>, Result<AgentResponse, AgentError>) {
     let entry = match &target {
         Target::Agent(name) => shared
@@ -821,6 +915,11 @@ async fn call(
         Ok(e) => e,
         Err(e) => return (None, Err(e)),
     };
+    if let Some(spend) = spend
+        && let Err(e) = spend.check(&entry, &req, &shared.metrics)
+    {
+        return (Some(entry.name.clone()), Err(e));
+    }
     let result = entry.call(&shared.gate, &req, timeout, priority).await;
     (Some(entry.name.clone()), result)
 }

@@ -193,7 +193,15 @@ impl Engine {
             .map_err(|e| EngineError::BadRequest(format!("building the HTTP client: {e}")))?;
         let mut workflows = HashMap::new();
         let mut definitions = HashMap::new();
+        for (name, a) in &config.agents {
+            if let Some(usd) = a.budget.and_then(|b| b.usd) {
+                metrics.budget("agent", name, usd);
+            }
+        }
         for (name, wf) in &config.workflows {
+            if let Some(usd) = wf.budget.and_then(|b| b.usd) {
+                metrics.budget("workflow", name, usd);
+            }
             let c = Compiled::new(name, wf.clone())?;
             definitions.insert(c.hash.clone(), c.clone());
             workflows.insert(name.clone(), c);
@@ -512,6 +520,7 @@ impl Engine {
             finished_at: None,
             deadline_at: new.deadline_at,
             steps: Vec::new(),
+            usage: Default::default(),
         };
         match self.shared.store.create_run(new).await? {
             CreateOutcome::Existing(existing) => {
@@ -594,6 +603,7 @@ impl Engine {
             priority: None,
             steps: vec![step],
             output: Some(Value::String("{{ steps.task.output }}".into())),
+            budget: None,
         };
         let compiled = Compiled::new("_task", wf)?;
         let priority = task.priority.unwrap_or_default();
@@ -704,6 +714,8 @@ impl Engine {
                     error: None,
                     started_at: None,
                     finished_at: None,
+                    agent: None,
+                    usage: None,
                 })
             })
             .collect();

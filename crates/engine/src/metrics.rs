@@ -110,6 +110,15 @@ pub struct GroupLabels {
     pub group: String,
 }
 
+/// `scope, name`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// `workflow` or `agent`.
+    pub scope: String,
+    /// The workflow's or agent's name.
+    pub name: String,
+}
+
 /// `version, commit`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -172,6 +181,10 @@ pub struct Metrics {
     pub rate_limited: Family<GroupLabels, Counter>,
     /// `cache_requests_total`.
     pub cache_requests: Family<CacheLabels, Counter>,
+    /// `llm_budget_usd{scope,name}`: configured budgets.
+    pub budget_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    /// `llm_budget_exceeded_total{scope,name}`: calls refused by a budget.
+    pub budget_exceeded: Family<BudgetLabels, Counter>,
 }
 
 impl Metrics {
@@ -197,6 +210,8 @@ impl Metrics {
             llm_cost: Family::default(),
             rate_limited: Family::default(),
             cache_requests: Family::default(),
+            budget_usd: Family::default(),
+            budget_exceeded: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -283,6 +298,16 @@ impl Metrics {
             "Result cache look-ups by outcome",
             m.cache_requests.clone(),
         );
+        r.register(
+            "llm_budget_usd",
+            "LLM budgets per run in USD (scope workflow or agent)",
+            m.budget_usd.clone(),
+        );
+        r.register(
+            "llm_budget_exceeded",
+            "LLM calls refused because they would exceed a budget",
+            m.budget_exceeded.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -292,6 +317,26 @@ impl Metrics {
             .set(1);
         r.register("flotilla_build_info", "Build information", build);
         Metrics { registry, ..m }
+    }
+
+    /// Counts a call refused by a budget.
+    pub fn budget_exceeded(&self, scope: &str, name: &str) {
+        self.budget_exceeded
+            .get_or_create(&BudgetLabels {
+                scope: scope.into(),
+                name: name.into(),
+            })
+            .inc();
+    }
+
+    /// Shows a configured budget.
+    pub fn budget(&self, scope: &str, name: &str, usd: f64) {
+        self.budget_usd
+            .get_or_create(&BudgetLabels {
+                scope: scope.into(),
+                name: name.into(),
+            })
+            .set(usd);
     }
 
     /// Counts a request refused by the rate limit of `group`.

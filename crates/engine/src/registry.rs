@@ -78,6 +78,8 @@ pub struct AgentEntry {
     pub timeout: Option<Duration>,
     /// Result caching of its calls.
     pub cache: Option<flotilla_spec::CachePolicy>,
+    /// Most one run may spend on its LLM calls.
+    pub budget: Option<flotilla_spec::Budget>,
     /// Calls in flight.
     pub in_flight: AtomicU64,
     /// Calls made.
@@ -290,6 +292,7 @@ impl Registry {
                 .map(|n| Gate::new(n as usize, metrics.queue_length.clone())),
             timeout: cfg.timeout.map(|d| d.0),
             cache: cfg.cache,
+            budget: cfg.budget,
             in_flight: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),

@@ -450,6 +450,19 @@ pub struct ModelPrice {
     pub completion_per_1k: f64,
 }
 
+/// A spending limit on LLM calls: a call that would take the spend past it is refused
+/// before it is made.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// USD, from the price table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd: Option<f64>,
+    /// Prompt and completion tokens together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+}
+
 /// What runs an agent.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -503,6 +516,9 @@ pub struct AgentConfig {
     /// Fail fast after repeated failures.
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
+    /// Most a single run may spend on this agent's LLM calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
     /// builtin: which behaviour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<BuiltinKind>,
@@ -656,6 +672,9 @@ pub struct Workflow {
     /// The run's output, templated (default: the outputs of the steps nothing depends on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// Most one run may spend on LLM calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 /// One step of a workflow.

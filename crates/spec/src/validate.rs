@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::error::{Diagnostic, Origin};
-use crate::model::{AgentConfig, AgentKind, BuiltinKind, Config, Workflow};
+use crate::model::{AgentConfig, AgentKind, Budget, BuiltinKind, Config, Workflow};
 use crate::template;
 use crate::yaml::{SpanIndex, child_index, child_key};
 
@@ -208,6 +208,9 @@ fn check_agent(c: &mut Checker<'_>, config: &Config, name: &str, a: &AgentConfig
             "failure_rate must be between 0 and 1",
         );
     }
+    if let Some(b) = &a.budget {
+        check_budget(c, &field("budget"), b);
+    }
     if a.max_concurrency == Some(0) {
         c.err(
             &field("max_concurrency"),
@@ -218,6 +221,24 @@ fn check_agent(c: &mut Checker<'_>, config: &Config, name: &str, a: &AgentConfig
         c.err(
             &field("circuit_breaker"),
             "circuit breaker thresholds must be at least 1",
+        );
+    }
+}
+
+fn check_budget(c: &mut Checker<'_>, path: &str, b: &Budget) {
+    if b.usd.is_none() && b.tokens.is_none() {
+        c.err(path, "a budget needs `usd`, `tokens` or both");
+    }
+    if b.usd.is_some_and(|u| !(u.is_finite() && u > 0.0)) {
+        c.err(
+            &child_key(path, "usd"),
+            "budget.usd must be a positive number",
+        );
+    }
+    if b.tokens == Some(0) {
+        c.err(
+            &child_key(path, "tokens"),
+            "budget.tokens must be at least 1",
         );
     }
 }
@@ -241,6 +262,9 @@ fn check_workflow(
             &child_key(&path, "steps"),
             format!("workflow `{name}` has no steps"),
         );
+    }
+    if let Some(b) = &wf.budget {
+        check_budget(c, &child_key(&path, "budget"), b);
     }
     if let Some(schema) = &wf.input_schema
         && let Err(e) = jsonschema::validator_for(schema)

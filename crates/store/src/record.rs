@@ -162,6 +162,48 @@ pub struct RunRecord {
     pub deadline_at: Option<i64>,
     /// Steps that have left `pending` (others are pending).
     pub steps: Vec<StepRecord>,
+    /// Tokens and cost of the run's LLM calls, summed over its steps.
+    pub usage: Usage,
+}
+
+impl RunRecord {
+    /// Sums the steps' usage into `usage`; call once the steps are attached.
+    pub fn tally(&mut self) {
+        self.usage = self
+            .steps
+            .iter()
+            .filter_map(|s| s.usage)
+            .fold(Usage::default(), |a, b| a + b);
+    }
+}
+
+/// Tokens and cost of LLM calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Cost in USD from the price table (0 when the model has no price).
+    pub cost_usd: f64,
+}
+
+impl Usage {
+    /// Prompt and completion tokens together.
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, o: Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens + o.prompt_tokens,
+            completion_tokens: self.completion_tokens + o.completion_tokens,
+            cost_usd: self.cost_usd + o.cost_usd,
+        }
+    }
 }
 
 /// A stored step.
@@ -182,6 +224,12 @@ pub struct StepRecord {
     pub started_at: Option<i64>,
     /// Unix milliseconds.
     pub finished_at: Option<i64>,
+    /// The agent that served its last attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Tokens and cost of its LLM calls, over all attempts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// One transition, kept for the events stream.
@@ -242,6 +290,19 @@ pub struct RunQuery {
 }
 
 /// Parses a stored JSON column; text that does not parse is a corrupt record.
+/// A step's usage as stored.
+pub(crate) fn usage_json(u: &Usage) -> String {
+    serde_json::to_string(u).unwrap_or_default()
+}
+
+/// A step's stored usage.
+pub(crate) fn parse_usage(text: Option<String>) -> crate::Result<Option<Usage>> {
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| crate::StoreError::Corrupt(format!("step usage: {e}")))
+    })
+    .transpose()
+}
+
 pub(crate) fn parse_json(text: Option<String>) -> crate::Result<Option<Value>> {
     text.map(|t| serde_json::from_str(&t).map_err(|e| crate::StoreError::Corrupt(e.to_string())))
         .transpose()

@@ -216,3 +216,96 @@ async fn remote_agents_register_with_a_ttl_and_serve_capabilities() {
     let (_, agents) = app.get("/api/v1/agents").await;
     assert_eq!(agents["total"], 1);
 }
+
+#[tokio::test]
+async fn a_call_that_would_cross_a_budget_is_refused_before_it_is_made() {
+    // Each fake call uses 120 prompt + 30 completion tokens: 0.18 USD at these prices. The
+    // estimate before a call counts max_tokens (100) as completion: about 0.2 USD.
+    let llm = fake_llm("ok").await;
+    let app = spawn_app(&format!(
+        r#"
+llm:
+  providers: {{ fake: {{ base_url: "{base}" }} }}
+  pricing: {{ tiny-model: {{ prompt_per_1k: 1.0, completion_per_1k: 2.0 }} }}
+agents:
+  writer: {{ kind: llm, provider: fake, model: tiny-model, max_tokens: 100 }}
+  capped: {{ kind: llm, provider: fake, model: tiny-model, max_tokens: 100, budget: {{ tokens: 200 }} }}
+workflows:
+  essay:
+    budget: {{ usd: 0.5 }}
+    steps:
+      - {{ id: one, agent: writer, prompt: "first" }}
+      - {{ id: two, agent: writer, prompt: "second", needs: [one] }}
+      - {{ id: three, agent: writer, prompt: "third", needs: [two], retry: {{ attempts: 3, initial: 10ms }} }}
+      - {{ id: four, agent: writer, prompt: "fourth", needs: [three] }}
+  notes:
+    steps:
+      - {{ id: one, agent: capped, prompt: "first" }}
+      - {{ id: two, agent: capped, prompt: "second", needs: [one] }}
+"#,
+        base = llm.base_url
+    ))
+    .await;
+    let id = app.start_run("essay", json!({})).await;
+    let run = app.finished(&id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("budget exceeded: workflow `essay` allows 0.5 USD per run"),
+        "{error}"
+    );
+    assert_eq!(
+        llm.requests.lock().unwrap().len(),
+        2,
+        "the third call was never made"
+    );
+    assert_eq!(step(&run, "three")["status"], "failed");
+    assert_eq!(
+        step(&run, "three")["attempts"],
+        1,
+        "a budget refusal is not retried"
+    );
+    assert_eq!(step(&run, "one")["usage"]["prompt_tokens"], 120);
+    assert_eq!(step(&run, "one")["agent"], "writer");
+    assert_eq!(run["usage"]["prompt_tokens"], 240);
+    assert_eq!(run["usage"]["completion_tokens"], 60);
+    assert!(
+        (run["usage"]["cost_usd"].as_f64().unwrap() - 0.36).abs() < 1e-9,
+        "{run}"
+    );
+
+    let id = app.start_run("notes", json!({})).await;
+    let run = app.finished(&id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("agent `capped` allows 200 tokens per run; 150 spent"),
+        "{run}"
+    );
+    assert_eq!(llm.requests.lock().unwrap().len(), 3);
+
+    let text = app.text("/metrics").await;
+    let exceeded = |scope, name| {
+        metric(
+            &text,
+            "llm_budget_exceeded_total",
+            &[("scope", scope), ("name", name)],
+        )
+    };
+    assert_eq!(exceeded("workflow", "essay"), 1.0);
+    assert_eq!(exceeded("agent", "capped"), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "llm_budget_usd",
+            &[("scope", "workflow"), ("name", "essay")]
+        ),
+        0.5
+    );
+    assert_eq!(
+        metric(&text, "llm_tokens_total", &[("agent", "writer")]),
+        300.0
+    );
+}

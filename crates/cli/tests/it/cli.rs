@@ -30,6 +30,28 @@ fn invalid_configs_list_every_problem_with_positions_and_exit_2() {
 }
 
 #[test]
+fn invalid_budgets_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "budget.yaml",
+        "agents:\n  a: { kind: builtin, builtin: echo, budget: { usd: -1 } }\nworkflows:\n  w:\n    budget: {}\n    steps: [ { id: one, agent: a } ]\n",
+    );
+    let (code, _, stderr) = flotilla(dir.path(), &["validate", "--config", &path], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("budget.yaml:2:")
+            && stderr.contains("budget.usd must be a positive number"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("budget.yaml:5:")
+            && stderr.contains("a budget needs `usd`, `tokens` or both"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn invalid_yaml_unknown_fields_and_missing_variables() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = write(dir.path(), "broken.yaml", "agents:\n  a: [unclosed\n");

@@ -93,6 +93,14 @@ impl LlmAgent {
         body
     }
 
+    /// USD for these tokens at the model's price (0 without one).
+    fn cost(&self, prompt: u64, completion: u64) -> f64 {
+        self.price.map_or(0.0, |p| {
+            prompt as f64 / 1000.0 * p.prompt_per_1k
+                + completion as f64 / 1000.0 * p.completion_per_1k
+        })
+    }
+
     fn record_usage(&self, usage: &Value) -> Usage {
         let prompt = usage
             .get("prompt_tokens")
@@ -102,10 +110,7 @@ impl LlmAgent {
             .get("completion_tokens")
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        let cost = self.price.map_or(0.0, |p| {
-            prompt as f64 / 1000.0 * p.prompt_per_1k
-                + completion as f64 / 1000.0 * p.completion_per_1k
-        });
+        let cost = self.cost(prompt, completion);
         for (kind, n) in [("prompt", prompt), ("completion", completion)] {
             self.metrics
                 .llm_tokens
@@ -131,8 +136,29 @@ impl LlmAgent {
     }
 }
 
+/// Characters per token for estimates: English text averages about four.
+const CHARS_PER_TOKEN: usize = 4;
+
 #[async_trait]
 impl Agent for LlmAgent {
+    /// Prompt tokens from the length of the messages, completion tokens from `max_tokens`.
+    fn estimate(&self, req: &AgentRequest) -> Option<Usage> {
+        let chars: usize = self.body(req)["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["content"].as_str())
+            .map(|c| c.chars().count())
+            .sum();
+        let prompt = chars.div_ceil(CHARS_PER_TOKEN) as u64;
+        let completion = u64::from(self.max_tokens.unwrap_or(0));
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cost_usd: self.cost(prompt, completion),
+        })
+    }
+
     async fn call(&self, req: &AgentRequest) -> Result<AgentResponse, AgentError> {
         let body = self.body(req);
         let mut tries = 0;

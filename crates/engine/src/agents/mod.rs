@@ -45,16 +45,7 @@ pub struct AgentRequest {
     pub traceparent: String,
 }
 
-/// Token usage of an llm call.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
-pub struct Usage {
-    /// Prompt tokens.
-    pub prompt_tokens: u64,
-    /// Completion tokens.
-    pub completion_tokens: u64,
-    /// Cost in USD from the price table (0 when the model has no price).
-    pub cost_usd: f64,
-}
+pub use flotilla_store::Usage;
 
 /// An agent's answer.
 #[derive(Debug, Clone)]
@@ -131,6 +122,12 @@ impl AgentError {
 pub trait Agent: Send + Sync {
     /// Makes one call. The caller enforces the attempt timeout by dropping the future.
     async fn call(&self, req: &AgentRequest) -> Result<AgentResponse, AgentError>;
+
+    /// The most this call may cost, estimated before it is made (llm agents): budgets refuse
+    /// a call whose estimate would take the spend past them.
+    fn estimate(&self, _req: &AgentRequest) -> Option<Usage> {
+        None
+    }
 
     /// The http runtime, for health probes and registration of endpoints.
     fn as_http(&self) -> Option<&HttpAgent> {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::record::{CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, Write};
+use crate::record::{CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, Write, usage_json};
 use crate::{Result, Store, StoreError};
 
 /// How the PostgreSQL store is opened.
@@ -94,6 +94,7 @@ const MIGRATION_LOCK: i64 = 0x666c_6f74_696c_6c61; // "flotilla"
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_leases.sql")),
+    (3, include_str!("../../migrations/postgres/0003_usage.sql")),
 ];
 
 impl From<sqlx::Error> for StoreError {
@@ -214,11 +215,12 @@ async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
     }
     sqlx::query(
         "WITH s AS (
-            INSERT INTO steps (run_id, step_id, status, attempts, output, error, started_at, finished_at)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::int8[], $8::int8[])
+            INSERT INTO steps (run_id, step_id, status, attempts, output, error, started_at, finished_at, agent, usage)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::int8[], $8::int8[], $21::text[], $22::text[])
             ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,
               attempts = excluded.attempts, output = excluded.output, error = excluded.error,
-              started_at = excluded.started_at, finished_at = excluded.finished_at
+              started_at = excluded.started_at, finished_at = excluded.finished_at,
+              agent = excluded.agent, usage = excluded.usage
             WHERE steps.status IN ('pending', 'running')
                OR (steps.status = 'succeeded' AND excluded.status IN ('succeeded', 'compensated'))
             RETURNING 1
@@ -258,6 +260,8 @@ async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
     .bind(run_error)
     .bind(run_at)
     .bind(run_finished)
+    .bind(steps.iter().map(|(_, s)| s.agent.as_deref()).collect::<Vec<_>>())
+    .bind(steps.iter().map(|(_, s)| s.usage.map(|u| usage_json(&u))).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())

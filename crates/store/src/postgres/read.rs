@@ -4,8 +4,8 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 
-use crate::record::parse_json as json;
 use crate::record::{EventRecord, RunKind, RunQuery, RunRecord, RunStatus, StepRecord, StepStatus};
+use crate::record::{parse_json as json, parse_usage};
 use crate::{Result, StoreError};
 
 macro_rules! run_columns {
@@ -35,6 +35,7 @@ fn run_row(row: &PgRow) -> Result<RunRecord> {
         finished_at: row.try_get("finished_at")?,
         deadline_at: row.try_get("deadline_at")?,
         steps: Vec::new(),
+        usage: Default::default(),
     })
 }
 
@@ -45,7 +46,7 @@ async fn with_steps(pool: &PgPool, rows: Vec<PgRow>) -> Result<Vec<RunRecord>> {
     }
     let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
     let steps = sqlx::query(
-        "SELECT run_id, step_id, status, attempts, output, error, started_at, finished_at
+        "SELECT run_id, step_id, status, attempts, output, error, started_at, finished_at, agent, usage
          FROM steps WHERE run_id = ANY($1)",
     )
     .bind(&ids)
@@ -63,11 +64,14 @@ async fn with_steps(pool: &PgPool, rows: Vec<PgRow>) -> Result<Vec<RunRecord>> {
             error: row.try_get("error")?,
             started_at: row.try_get("started_at")?,
             finished_at: row.try_get("finished_at")?,
+            agent: row.try_get("agent")?,
+            usage: parse_usage(row.try_get("usage")?)?,
         };
         if let Some(run) = runs.iter_mut().find(|r| r.id == run_id) {
             run.steps.push(step);
         }
     }
+    runs.iter_mut().for_each(RunRecord::tally);
     Ok(runs)
 }
 

@@ -3,8 +3,8 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
-use crate::record::parse_json as json;
 use crate::record::{EventRecord, RunKind, RunQuery, RunRecord, RunStatus, StepRecord, StepStatus};
+use crate::record::{parse_json as json, parse_usage};
 use crate::{Result, StoreError};
 
 const RUN_COLUMNS: &str =
@@ -32,6 +32,7 @@ fn run_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, [Option<String>; 3])> 
             finished_at: row.get(12)?,
             deadline_at: row.get(13)?,
             steps: Vec::new(),
+            usage: Default::default(),
         },
         texts,
     ))
@@ -45,6 +46,7 @@ fn finish_run(
     run.metadata = json(metadata)?.unwrap_or(Value::Null);
     run.output = json(output)?;
     run.steps = steps(conn, &run.id)?;
+    run.tally();
     Ok(run)
 }
 
@@ -88,7 +90,8 @@ pub(crate) fn unfinished(conn: &Connection) -> Result<Vec<RunRecord>> {
 
 fn steps(conn: &Connection, run_id: &str) -> Result<Vec<StepRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT step_id, status, attempts, output, error, started_at, finished_at FROM steps WHERE run_id = ?1",
+        "SELECT step_id, status, attempts, output, error, started_at, finished_at, agent, usage
+         FROM steps WHERE run_id = ?1",
     )?;
     let rows = stmt
         .query_map([run_id], |r| {
@@ -100,12 +103,14 @@ fn steps(conn: &Connection, run_id: &str) -> Result<Vec<StepRecord>> {
                 r.get::<_, Option<String>>(4)?,
                 r.get::<_, Option<i64>>(5)?,
                 r.get::<_, Option<i64>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<String>>(8)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
         .map(
-            |(step_id, status, attempts, output, error, started_at, finished_at)| {
+            |(step_id, status, attempts, output, error, started_at, finished_at, agent, usage)| {
                 Ok(StepRecord {
                     step_id,
                     status: StepStatus::parse(&status)
@@ -115,6 +120,8 @@ fn steps(conn: &Connection, run_id: &str) -> Result<Vec<StepRecord>> {
                     error,
                     started_at,
                     finished_at,
+                    agent,
+                    usage: parse_usage(usage)?,
                 })
             },
         )

@@ -5,7 +5,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::record::{CreateOutcome, NewRun, Write};
+use crate::record::{CreateOutcome, NewRun, Write, usage_json};
 use crate::{Result, StoreError};
 
 /// Work for the writer.
@@ -21,6 +21,7 @@ const MAX_BATCH: usize = 2048;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_leases.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_usage.sql")),
 ];
 
 /// How long the writer polls for more work before it sleeps. A sequential workflow's next
@@ -186,11 +187,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, writes: &[Write]) -> Result<()> {
         match w {
             Write::Step { run_id, step } => {
                 tx.prepare_cached(
-                    "INSERT INTO steps (run_id, step_id, status, attempts, output, error, started_at, finished_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                    "INSERT INTO steps (run_id, step_id, status, attempts, output, error, started_at, finished_at, agent, usage)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT(run_id, step_id) DO UPDATE SET status = excluded.status,
                        attempts = excluded.attempts, output = excluded.output, error = excluded.error,
-                       started_at = excluded.started_at, finished_at = excluded.finished_at
+                       started_at = excluded.started_at, finished_at = excluded.finished_at,
+                       agent = excluded.agent, usage = excluded.usage
                      WHERE steps.status IN ('pending', 'running')
                         OR (steps.status = 'succeeded' AND excluded.status IN ('succeeded', 'compensated'))",
                 )?
@@ -203,6 +205,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, writes: &[Write]) -> Result<()> {
                     step.error,
                     step.started_at,
                     step.finished_at,
+                    step.agent,
+                    step.usage.map(|u| usage_json(&u)),
                 ])?;
             }
             Write::Run {

@@ -30,6 +30,12 @@ fn step(id: &str, status: StepStatus) -> StepRecord {
         error: None,
         started_at: Some(2),
         finished_at: Some(3),
+        agent: Some("planner".into()),
+        usage: Some(Usage {
+            prompt_tokens: 120,
+            completion_tokens: 30,
+            cost_usd: 0.25,
+        }),
     }
 }
 
@@ -105,6 +111,9 @@ pub async fn transitions_and_recovery_view(store: &dyn Store) {
     assert_eq!(unfinished.len(), 1);
     assert_eq!(unfinished[0].id, "r1");
     assert_eq!(unfinished[0].steps, vec![step("a", StepStatus::Succeeded)]);
+    // A run's usage is the sum of its steps'.
+    assert_eq!(unfinished[0].usage.tokens(), 150);
+    assert_eq!(unfinished[0].usage.cost_usd, 0.25);
     let r2 = store.run("r2").await.unwrap().unwrap();
     assert_eq!(r2.finished_at, Some(6));
     assert_eq!(r2.output, Some(json!(1)));
