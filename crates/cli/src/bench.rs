@@ -5,13 +5,14 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use flotilla_engine::metrics::Metrics;
 use flotilla_engine::{Engine, Submission};
-use flotilla_spec::{Config, Durability, Loader, Source};
+use flotilla_spec::{Config, Durability, Loader, OtlpConfig, Source};
 use flotilla_store::RunStatus;
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -52,6 +53,27 @@ pub struct BenchArgs {
     /// Store connections per engine (storage.pool_size).
     #[arg(long, default_value_t = 10)]
     pool_size: u32,
+    /// Record spans as `flotilla serve` does and export them over OTLP/HTTP to a local sink
+    /// (measures the cost of tracing).
+    #[arg(long)]
+    tracing: bool,
+}
+
+/// A stand-in OTLP/HTTP collector on loopback that accepts every export and counts bytes.
+async fn otlp_sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
+    let received = Arc::new(AtomicU64::new(0));
+    let count = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            count.fetch_add(body.len() as u64, Ordering::Relaxed);
+            async { "" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, received))
 }
 
 fn config(store: &str, relaxed: bool, pool_size: u32) -> anyhow::Result<Config> {
@@ -131,6 +153,16 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.replicas > 1 && !url.starts_with("postgres") {
         bail!("--replicas needs a shared store (--store postgres://…); SQLite serves one process");
     }
+    let mut telemetry = None;
+    let mut exported = None;
+    if args.tracing {
+        let (endpoint, received) = otlp_sink().await?;
+        let mut traced = (*config).clone();
+        traced.observability.otlp = Some(OtlpConfig { endpoint });
+        traced.logging.level = "warn".into();
+        telemetry = Some(crate::logging::init(&traced)?);
+        exported = Some(received);
+    }
     let mut engines = Vec::new();
     for i in 0..args.replicas.max(1) {
         let mut own = (*config).clone();
@@ -195,10 +227,16 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
         "store": format!("{} ({durability})", engine.store().backend()),
         "replicas": engines.len(),
+        "tracing": args.tracing,
     });
-    println!("{line}");
     for e in &engines {
         e.shutdown(Duration::ZERO).await;
     }
+    let mut line = line;
+    if let (Some(t), Some(bytes)) = (telemetry, exported) {
+        t.shutdown().await;
+        line["otlp_bytes"] = json!(bytes.load(Ordering::Relaxed));
+    }
+    println!("{line}");
     Ok(ExitCode::SUCCESS)
 }

@@ -87,9 +87,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(settings::report(&e)),
     };
     let config = Arc::new(loaded.config);
-    crate::logging::init(&config.logging);
+    let telemetry = crate::logging::init(&config)?;
     tracing::info!(config = %loaded.files.join(" + "), "starting flotilla {}", env!("CARGO_PKG_VERSION"));
+    let result = serve_config(config).await;
+    telemetry.shutdown().await;
+    result
+}
 
+/// Serves `config` until a shutdown signal.
+async fn serve_config(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;

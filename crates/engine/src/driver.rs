@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::agents::{AgentError, AgentRequest, AgentResponse, Usage};
 use crate::backoff::retry_delay;
@@ -130,6 +131,11 @@ impl Driver {
         }
     }
 
+    /// The workflow's name.
+    pub(crate) fn workflow(&self) -> &str {
+        &self.compiled.name
+    }
+
     /// Loads a stored step's output and error (after a restart).
     pub(crate) fn restore_step(&mut self, i: usize, s: &StepRecord) {
         self.outputs[i] = s.output.clone();
@@ -151,6 +157,11 @@ impl Driver {
                 .handle(std::mem::take(&mut reports), std::mem::take(&mut batch))
                 .await;
             if let Some(outcome) = finished {
+                let span = tracing::Span::current();
+                span.record("flotilla.run.status", outcome.status.as_str());
+                if outcome.status != RunStatus::Succeeded {
+                    span.record("otel.status_code", "ERROR");
+                }
                 self.shared.runs().remove(&self.run_id);
                 let _ = done.send(Some(Arc::new(outcome)));
                 self.shared.idle.notify_waiters();
@@ -244,6 +255,12 @@ impl Driver {
                     }
                     Err(e) => {
                         let retryable = e.is_retryable();
+                        let step_id = &self.compiled.dag.ids[step];
+                        if retryable && attempt < self.compiled.dag.max_attempts[step] {
+                            tracing::info!(run_id = %self.run_id, step = %step_id, attempt, error = %e, "attempt failed; retrying");
+                        } else {
+                            tracing::warn!(run_id = %self.run_id, step = %step_id, attempt, error = %e, "step failed");
+                        }
                         if self.first_failure.is_none()
                             && !(retryable && attempt < self.compiled.dag.max_attempts[step])
                         {
@@ -716,7 +733,16 @@ impl Driver {
         });
         let shared = self.shared.clone();
         let spend = self.spend();
-        self.work.spawn(async move {
+        let span = tracing::info_span!(
+            "step",
+            otel.name = %format!("step {}", self.compiled.dag.ids[step]),
+            "flotilla.step.id" = %self.compiled.dag.ids[step],
+            "flotilla.attempt" = i64::from(attempt),
+            "flotilla.agent.name" = tracing::field::Empty,
+            "flotilla.outcome" = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let attempt_work = async move {
             if let Some((key, _)) = &cached
                 && let Some(output) = shared.cache.get(key).await
             {
@@ -732,13 +758,25 @@ impl Driver {
             if let (Some((key, ttl)), Ok(resp)) = (cached, &result) {
                 shared.cache.put(key, resp.output.clone(), ttl).await;
             }
+            let span = tracing::Span::current();
+            if let Some(a) = &agent {
+                span.record("flotilla.agent.name", a.as_str());
+            }
+            match &result {
+                Ok(_) => span.record("flotilla.outcome", "succeeded"),
+                Err(e) => {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("flotilla.outcome", e.kind())
+                }
+            };
             Report::Attempt {
                 step,
                 attempt,
                 agent,
                 result,
             }
-        });
+        };
+        self.work.spawn(attempt_work.instrument(span));
     }
 
     /// What the run has spent so far, in total and by agent.
@@ -920,6 +958,34 @@ async fn call(
     {
         return (Some(entry.name.clone()), Err(e));
     }
-    let result = entry.call(&shared.gate, &req, timeout, priority).await;
+    let span = tracing::info_span!(
+        "agent",
+        otel.name = %format!("call {}", entry.name),
+        otel.kind = "client",
+        "flotilla.agent.name" = %entry.name,
+        "flotilla.action" = %req.action,
+        "gen_ai.usage.input_tokens" = tracing::field::Empty,
+        "gen_ai.usage.output_tokens" = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let mut req = req;
+    if let Some(tp) = crate::trace::traceparent(&span) {
+        req.traceparent = tp;
+    }
+    let result = entry
+        .call(&shared.gate, &req, timeout, priority)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(AgentResponse { usage: Some(u), .. }) => {
+            let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            span.record("gen_ai.usage.input_tokens", count(u.prompt_tokens));
+            span.record("gen_ai.usage.output_tokens", count(u.completion_tokens));
+        }
+        Ok(_) => {}
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     (Some(entry.name.clone()), result)
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::AbortHandle;
+use tracing::Instrument;
 
 use crate::clock::now_ms;
 use crate::driver::{Control, Driver};
@@ -434,7 +435,16 @@ impl Engine {
                 task: None,
             },
         );
-        let task = tokio::spawn(driver.run(control_rx, done_tx));
+        // A child of the request that submitted the run, if any; a root after a restart.
+        let span = tracing::info_span!(
+            "run",
+            otel.name = %format!("run {}", driver.workflow()),
+            "flotilla.run.id" = %run_id,
+            "flotilla.workflow.name" = %driver.workflow(),
+            "flotilla.run.status" = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let task = tokio::spawn(driver.run(control_rx, done_tx).instrument(span));
         if let Some(h) = runs.get_mut(&run_id) {
             h.task = Some(task.abort_handle());
         }

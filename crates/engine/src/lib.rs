@@ -32,6 +32,7 @@ pub mod gate;
 pub mod metrics;
 pub mod registry;
 pub mod scheduler;
+pub mod trace;
 
 pub use clock::now_ms;
 pub use engine::{Engine, RunOutcome, Submission, Submitted, TaskRequest, TaskResult};

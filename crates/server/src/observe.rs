@@ -7,6 +7,8 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use flotilla_engine::metrics::HttpLabels;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use axum::response::IntoResponse;
 
@@ -75,11 +77,36 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     resp
 }
 
-/// Copies the matched route template onto the response, where [`layer`] reads it (routing
-/// happens inside `layer`, so the request it saw had no route yet).
+/// Runs a routed request in its server span (`POST /api/v1/execute`), a child of the
+/// caller's `traceparent` when there is one, and copies the matched route template onto the
+/// response, where [`layer`] reads it (routing happens inside `layer`).
 pub async fn route_template(req: Request, next: Next) -> Response {
     let path = req.extensions().get::<MatchedPath>().cloned();
-    let mut resp = next.run(req).await;
+    let route = path.as_ref().map_or("unmatched", |p| p.as_str());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{} {route}", req.method()),
+        otel.kind = "server",
+        "http.request.method" = %req.method(),
+        "http.route" = %route,
+        "url.path" = %req.uri().path(),
+        "http.response.status_code" = tracing::field::Empty,
+        "flotilla.request.id" = %current_request_id(),
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(flotilla_engine::trace::remote_parent)
+    {
+        let _ = span.set_parent(parent);
+    }
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", i64::from(resp.status().as_u16()));
+    if resp.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     if let Some(p) = path {
         resp.extensions_mut().insert(p);
     }

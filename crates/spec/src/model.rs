@@ -29,6 +29,9 @@ pub struct Config {
     /// Log output.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Traces and experiment tracking.
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
     /// Who may call the API.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -237,6 +240,71 @@ pub struct LoggingConfig {
     /// A tracing filter: `info`, `debug`, `flotilla_engine=debug,info`.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// Also write the log to files in this directory (`flotilla.log.<date>`), rotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<LogFileConfig>,
+}
+
+/// `logging.file:` a rotated log file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogFileConfig {
+    /// Directory of the log files.
+    pub dir: String,
+    /// `daily` (default), `hourly` or `never`.
+    #[serde(default = "default_rotation")]
+    pub rotation: String,
+    /// Files kept after rotation (default 7).
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+}
+
+fn default_rotation() -> String {
+    "daily".into()
+}
+fn default_keep() -> usize {
+    7
+}
+
+/// `observability:` traces (OpenTelemetry) and experiment tracking (MLflow).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// Export traces over OTLP/HTTP (protobuf). `OTEL_EXPORTER_OTLP_ENDPOINT` also enables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpConfig>,
+    /// Share of new traces recorded, 0 to 1 (default 1); a caller's sampled flag wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
+    /// `service.name` of the exported spans (default `flotilla`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Record each workflow run as an MLflow run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlflow: Option<MlflowConfig>,
+}
+
+/// `observability.otlp:` where spans go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's base URL (`http://otel-collector:4318`); spans go to `/v1/traces`.
+    pub endpoint: String,
+}
+
+/// `observability.mlflow:` an MLflow tracking server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MlflowConfig {
+    /// The tracking server (`http://mlflow:5000`).
+    pub tracking_uri: String,
+    /// Experiment the runs go to, created if missing (default `flotilla`).
+    #[serde(default = "default_experiment")]
+    pub experiment: String,
+}
+
+fn default_experiment() -> String {
+    "flotilla".into()
 }
 
 fn default_log_format() -> String {
@@ -251,6 +319,7 @@ impl Default for LoggingConfig {
         Self {
             format: default_log_format(),
             level: default_log_level(),
+            file: None,
         }
     }
 }

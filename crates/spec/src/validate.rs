@@ -28,6 +28,7 @@ pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
         index,
         diags: Vec::new(),
     };
+    check_observability(&mut c, config);
     if config.version != 1 {
         c.err(
             "version",
@@ -498,6 +499,50 @@ fn known<'a>(names: impl Iterator<Item = &'a (impl AsRef<str> + 'a + ?Sized)>) -
         "none".into()
     } else {
         v.join(", ")
+    }
+}
+
+fn check_observability(c: &mut Checker<'_>, config: &Config) {
+    let o = &config.observability;
+    if o.sample_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+        c.err(
+            "observability.sample_ratio",
+            "sample_ratio must be between 0 and 1",
+        );
+    }
+    let urls = [
+        (
+            "observability.otlp.endpoint",
+            o.otlp.as_ref().map(|x| &x.endpoint),
+        ),
+        (
+            "observability.mlflow.tracking_uri",
+            o.mlflow.as_ref().map(|x| &x.tracking_uri),
+        ),
+    ];
+    for (path, url) in urls {
+        if let Some(url) = url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            c.err(path, format!("`{url}` must be an http:// or https:// URL"));
+        }
+    }
+    if let Some(f) = &config.logging.file
+        && !matches!(f.rotation.as_str(), "daily" | "hourly" | "never")
+    {
+        c.err(
+            "logging.file.rotation",
+            format!("unknown rotation `{}` (daily, hourly, never)", f.rotation),
+        );
+    }
+    if !matches!(config.logging.format.as_str(), "json" | "pretty") {
+        c.err(
+            "logging.format",
+            format!(
+                "unknown log format `{}` (json, pretty)",
+                config.logging.format
+            ),
+        );
     }
 }
 

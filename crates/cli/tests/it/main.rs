@@ -17,3 +17,4 @@ mod replicas;
 mod schemathesis;
 mod secrets;
 mod tls;
+mod tracing;
