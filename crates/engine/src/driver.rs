@@ -607,8 +607,27 @@ impl Driver {
             .observe(secs);
         if status == RunStatus::TimedOut {
             m.sla_breaches
-                .get_or_create(&WorkflowLabels { workflow })
+                .get_or_create(&WorkflowLabels {
+                    workflow: workflow.clone(),
+                })
                 .inc();
+        }
+        if let Some(tracker) = &self.shared.tracker {
+            tracker.record(crate::mlflow::RunSummary {
+                run_id: self.run_id.clone(),
+                workflow,
+                definition_hash: self.compiled.hash.clone(),
+                input: self.input.clone(),
+                status,
+                started_at: self.created_at,
+                finished_at: now_ms(),
+                steps: self.compiled.dag.len(),
+                usage: self
+                    .usage
+                    .iter()
+                    .flatten()
+                    .fold(Usage::default(), |a, b| a + *b),
+            });
         }
     }
 

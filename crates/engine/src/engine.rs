@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub replica: String,
     /// Results of calls marked `cache:`.
     pub cache: crate::cache::ResultCache,
+    /// Finished runs go to MLflow, when configured.
+    pub tracker: Option<crate::mlflow::Tracker>,
 }
 
 impl Shared {
@@ -219,7 +221,16 @@ impl Engine {
             .replica_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let tracker = config.observability.mlflow.as_ref().map(|m| {
+            crate::mlflow::Tracker::start(
+                &m.tracking_uri,
+                &m.experiment,
+                client.clone(),
+                metrics.clone(),
+            )
+        });
         let shared = Arc::new(Shared {
+            tracker,
             registry: Registry::new(&config, client, metrics.clone()),
             gate: Gate::new(
                 config.engine.max_concurrency as usize,

@@ -30,6 +30,7 @@ mod engine;
 mod error;
 pub mod gate;
 pub mod metrics;
+pub mod mlflow;
 pub mod registry;
 pub mod scheduler;
 pub mod trace;

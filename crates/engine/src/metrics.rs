@@ -181,6 +181,8 @@ pub struct Metrics {
     pub rate_limited: Family<GroupLabels, Counter>,
     /// `cache_requests_total`.
     pub cache_requests: Family<CacheLabels, Counter>,
+    /// `mlflow_export_errors_total`: run summaries MLflow did not get.
+    pub mlflow_export_errors: Counter,
     /// `llm_budget_usd{scope,name}`: configured budgets.
     pub budget_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     /// `llm_budget_exceeded_total{scope,name}`: calls refused by a budget.
@@ -211,6 +213,7 @@ impl Metrics {
             rate_limited: Family::default(),
             cache_requests: Family::default(),
             budget_usd: Family::default(),
+            mlflow_export_errors: Counter::default(),
             budget_exceeded: Family::default(),
             registry: Registry::default(),
         };
@@ -297,6 +300,11 @@ impl Metrics {
             "cache_requests",
             "Result cache look-ups by outcome",
             m.cache_requests.clone(),
+        );
+        r.register(
+            "mlflow_export_errors",
+            "Workflow run summaries that could not be sent to MLflow",
+            m.mlflow_export_errors.clone(),
         );
         r.register(
             "llm_budget_usd",

@@ -103,7 +103,10 @@ pub async fn route_template(req: Request, next: Next) -> Response {
         let _ = span.set_parent(parent);
     }
     let mut resp = next.run(req).instrument(span.clone()).await;
-    span.record("http.response.status_code", i64::from(resp.status().as_u16()));
+    span.record(
+        "http.response.status_code",
+        i64::from(resp.status().as_u16()),
+    );
     if resp.status().is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
