@@ -173,3 +173,37 @@ fn run_prints_the_output_on_stdout_and_progress_on_stderr() {
     assert_eq!(code, 1);
     assert!(err.contains("--input is not valid JSON"), "{err}");
 }
+
+#[tokio::test]
+async fn logs_also_go_to_a_rotated_file_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let app = crate::app::spawn_app(&format!(
+        "logging: {{ file: {{ dir: \"{}\", rotation: hourly, keep: 3 }} }}\n",
+        logs.display()
+    ))
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text: String = std::fs::read_dir(&logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("flotilla."))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        if text.contains("listening on") {
+            let line = text.lines().find(|l| l.contains("listening on")).unwrap();
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["level"], "INFO");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log file in {}",
+            logs.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(app);
+}
