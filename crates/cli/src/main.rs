@@ -2,6 +2,7 @@
 
 mod backup;
 mod bench;
+mod flags;
 mod keys;
 mod logging;
 mod monitoring;
@@ -58,6 +59,11 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a backup into the store (refuses a store that holds runs unless --force).
     Restore(backup::RestoreArgs),
+    /// List and evaluate feature flags.
+    Flags {
+        #[command(subcommand)]
+        command: flags::FlagsCommand,
+    },
     /// Generate the monitoring bundle: Prometheus config, alert rules, dashboard, runbooks.
     Monitoring {
         #[command(subcommand)]
@@ -100,6 +106,7 @@ fn main() -> ExitCode {
             Command::Backup(args) => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args).await,
             Command::Monitoring { command } => monitoring::run(command),
+            Command::Flags { command } => flags::run(command),
         };
         match result {
             Ok(code) => code,

@@ -215,10 +215,13 @@ impl Driver {
                 ..
             } = self;
             let ctx_parts = (&*outputs, &*input, &*metadata, &*run_id);
+            let flags = &self.shared.flags;
             let mut condition = |i: usize| match &compiled.workflow.steps[i].when {
                 None => Condition::Run,
                 Some(expr) => {
-                    let ctx = context(compiled, ctx_parts.0, ctx_parts.1, ctx_parts.2, ctx_parts.3);
+                    let base =
+                        context(compiled, ctx_parts.0, ctx_parts.1, ctx_parts.2, ctx_parts.3);
+                    let ctx = with_flags(base, flags, ctx_parts.1, ctx_parts.2);
                     match template::eval_condition(expr, &ctx) {
                         Ok(true) => Condition::Run,
                         Ok(false) => Condition::Skip,
@@ -893,6 +896,26 @@ fn context(
     run_id: &str,
 ) -> minijinja::Value {
     template::context(&context_value(compiled, outputs, input, metadata, run_id))
+}
+
+/// `ctx` plus `flag('name')`, evaluated for the run: the flag context is the run's
+/// metadata and input fields (input wins), e.g. `user_id`, `priority`.
+fn with_flags(
+    ctx: minijinja::Value,
+    flags: &flotilla_flags::Flags,
+    input: &Value,
+    metadata: &Value,
+) -> minijinja::Value {
+    let mut fields = metadata.as_object().cloned().unwrap_or_default();
+    if let Some(i) = input.as_object() {
+        fields.extend(i.clone());
+    }
+    let flag_ctx = flotilla_flags::Context::from_json(&fields);
+    let flags = flags.clone();
+    let flag = minijinja::Value::from_function(move |name: &str| -> bool {
+        flags.evaluate(name, &flag_ctx).is_some_and(|e| e.enabled)
+    });
+    minijinja::context! { flag => flag, ..ctx }
 }
 
 /// What a run has spent on LLM calls, and its budget: checked before each call.

@@ -96,6 +96,10 @@ pub(crate) struct Shared {
     pub cache: crate::cache::ResultCache,
     /// Finished runs go to MLflow, when configured.
     pub tracker: Option<crate::mlflow::Tracker>,
+    /// The live feature flags.
+    pub flags: flotilla_flags::Flags,
+    /// Stops the flag file watcher.
+    pub stop_flags: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -221,6 +225,33 @@ impl Engine {
             .replica_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let environment = config
+            .flags
+            .environment
+            .clone()
+            .unwrap_or_else(|| "development".into());
+        let flag_set = match &config.flags.file {
+            None => flotilla_flags::FlagSet::empty(&environment),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    EngineError::BadRequest(format!("cannot read the flag file {path}: {e}"))
+                })?;
+                flotilla_flags::FlagSet::parse(path, &text, &environment).map_err(|d| {
+                    EngineError::BadRequest(format!(
+                        "the flag file is invalid:\n{}",
+                        d.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    ))
+                })?
+            }
+        };
+        let flags = flotilla_flags::Flags::new(flag_set, metrics.flags.clone());
+        let (stop_flags, stop) = watch::channel(false);
+        if let Some(path) = &config.flags.file {
+            flotilla_flags::watch(flags.clone(), path.into(), environment.clone(), stop);
+        }
         let tracker = config.observability.mlflow.as_ref().map(|m| {
             crate::mlflow::Tracker::start(
                 &m.tracking_uri,
@@ -231,6 +262,8 @@ impl Engine {
         });
         let shared = Arc::new(Shared {
             tracker,
+            flags,
+            stop_flags,
             registry: Registry::new(&config, client, metrics.clone()),
             gate: Gate::new(
                 config.engine.max_concurrency as usize,
@@ -795,10 +828,16 @@ impl Engine {
         &self.shared.store
     }
 
+    /// The live feature flags.
+    pub fn flags(&self) -> &flotilla_flags::Flags {
+        &self.shared.flags
+    }
+
     /// Stops accepting work, lets runs finish for up to `grace`, then stops the rest where
     /// they are: their state is in the store and they resume at the next start.
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.accepting.store(false, Ordering::Release);
+        let _ = self.shared.stop_flags.send(true);
         if let Some(p) = self.prober.lock().unwrap_or_else(|e| e.into_inner()).take() {
             p.abort();
         }

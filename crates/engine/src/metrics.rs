@@ -181,6 +181,8 @@ pub struct Metrics {
     pub rate_limited: Family<GroupLabels, Counter>,
     /// `cache_requests_total`.
     pub cache_requests: Family<CacheLabels, Counter>,
+    /// `feature_flag_evaluations_total{flag,result}` and `flag_reload_errors_total`.
+    pub flags: flotilla_flags::FlagMetrics,
     /// `mlflow_export_errors_total`: run summaries MLflow did not get.
     pub mlflow_export_errors: Counter,
     /// `llm_budget_usd{scope,name}`: configured budgets.
@@ -214,6 +216,7 @@ impl Metrics {
             cache_requests: Family::default(),
             budget_usd: Family::default(),
             mlflow_export_errors: Counter::default(),
+            flags: flotilla_flags::FlagMetrics::default(),
             budget_exceeded: Family::default(),
             registry: Registry::default(),
         };
@@ -300,6 +303,16 @@ impl Metrics {
             "cache_requests",
             "Result cache look-ups by outcome",
             m.cache_requests.clone(),
+        );
+        r.register(
+            "feature_flag_evaluations",
+            "Feature flag evaluations by flag and result",
+            m.flags.evaluations.clone(),
+        );
+        r.register(
+            "flag_reload_errors",
+            "Flag files rejected on reload (the last good flags stayed live)",
+            m.flags.reload_errors.clone(),
         );
         r.register(
             "mlflow_export_errors",

@@ -45,6 +45,8 @@ impl Group {
             "/metrics" if !protect_metrics => Group::Open,
             "/metrics" => Group::Read,
             "/api/v1/agents/register" => Group::Admin,
+            // Flag evaluation reads, though OFREP posts its context.
+            r if r.starts_with("/ofrep/") => Group::Read,
             _ if method == Method::GET => Group::Read,
             _ => Group::Operate,
         }

@@ -106,6 +106,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(runs::get))
         .routes(utoipa_axum::routes!(runs::cancel))
         .routes(utoipa_axum::routes!(events::stream))
+        .routes(utoipa_axum::routes!(flags::list))
+        .routes(utoipa_axum::routes!(flags::ofrep_one))
+        .routes(utoipa_axum::routes!(flags::ofrep_bulk))
         .routes(utoipa_axum::routes!(health::health))
         .routes(utoipa_axum::routes!(health::livez))
         .routes(utoipa_axum::routes!(health::ready))
@@ -124,6 +127,7 @@ fn routes() -> OpenApiRouter<AppState> {
         (name = "tasks", description = "Seed 003's task contract: one-step runs"),
         (name = "runs", description = "Workflow runs"),
         (name = "agents", description = "The agent fleet"),
+        (name = "flags", description = "Feature flags, and OpenFeature remote evaluation (OFREP)"),
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "meta", description = "About this server"),
     )

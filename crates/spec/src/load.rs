@@ -124,9 +124,12 @@ impl Loader<'_> {
         if !diags.is_empty() {
             return Err(SpecError::Invalid(diags));
         }
-        let config = deserialize(value, &index, &mut diags);
-        if let Some(config) = &config {
+        let mut config = deserialize(value, &index, &mut diags);
+        if let Some(config) = &mut config {
             diags.extend(validate(config, &index));
+            if config.flags.environment.is_none() {
+                config.flags.environment = self.env_name.clone();
+            }
         }
         match config {
             Some(config) if diags.is_empty() => Ok(Loaded { config, files }),

@@ -32,6 +32,9 @@ pub struct Config {
     /// Traces and experiment tracking.
     #[serde(default)]
     pub observability: ObservabilityConfig,
+    /// Feature flags.
+    #[serde(default)]
+    pub flags: FlagsConfig,
     /// Who may call the API.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -264,6 +267,19 @@ fn default_rotation() -> String {
 }
 fn default_keep() -> usize {
     7
+}
+
+/// `flags:` where feature flags come from.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsConfig {
+    /// A `flags.yaml` (or Unleash features document), reloaded when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The environment flags limited to one are evaluated in, when the caller does not say
+    /// (default: `FLOTILLA_ENV` or `--env`, else `development`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 /// `observability:` traces (OpenTelemetry) and experiment tracking (MLflow).

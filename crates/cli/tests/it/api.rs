@@ -35,7 +35,7 @@ async fn health_ready_version_openapi_and_metrics() {
     let (_, doc) = app.get("/openapi.json").await;
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 18, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 21, "{:?}", paths.keys());
     let mut operation_ids = std::collections::BTreeSet::new();
     for (path, item) in paths {
         for (method, op) in item.as_object().unwrap() {

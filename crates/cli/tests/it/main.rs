@@ -9,6 +9,7 @@ mod cli;
 mod durability;
 mod engine;
 mod fakes;
+mod flags;
 mod mlflow;
 mod outage;
 mod pg;

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod events;
+pub mod flags;
 pub mod health;
 pub mod meta;
 pub mod runs;
