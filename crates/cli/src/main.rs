@@ -2,6 +2,7 @@
 
 mod backup;
 mod bench;
+mod deploy;
 mod flags;
 mod keys;
 mod logging;
@@ -59,6 +60,11 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a backup into the store (refuses a store that holds runs unless --force).
     Restore(backup::RestoreArgs),
+    /// Generate deployment artifacts: Docker, compose, Kubernetes, ArgoCD, CI.
+    Deploy {
+        #[command(subcommand)]
+        command: deploy::DeployCommand,
+    },
     /// List and evaluate feature flags.
     Flags {
         #[command(subcommand)]
@@ -107,6 +113,7 @@ fn main() -> ExitCode {
             Command::Restore(args) => backup::restore(args).await,
             Command::Monitoring { command } => monitoring::run(command),
             Command::Flags { command } => flags::run(command),
+            Command::Deploy { command } => deploy::run(command),
         };
         match result {
             Ok(code) => code,

@@ -11,6 +11,7 @@
 //! assert!(files.iter().any(|f| f.path == "alerts.yml"));
 //! ```
 
+pub mod generate;
 pub mod monitoring;
 
 use std::path::{Path, PathBuf};

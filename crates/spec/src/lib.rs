@@ -21,6 +21,7 @@
 //! assert_eq!(loaded.config.workflows["w"].steps[0].id, "s");
 //! ```
 
+mod deploy;
 mod error;
 mod interpolate;
 mod load;
@@ -32,6 +33,7 @@ mod validate;
 pub mod whole;
 pub mod yaml;
 
+pub use deploy::*;
 pub use error::{Diagnostic, Origin, Result, SpecError};
 pub use interpolate::{InterpolationError, interpolate};
 pub use load::{Loaded, Loader, Source, overlay_path};

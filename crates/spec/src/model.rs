@@ -53,6 +53,9 @@ pub struct Config {
     /// Workflows by name.
     #[serde(default)]
     pub workflows: BTreeMap<String, Workflow>,
+    /// What `flotilla deploy generate` builds artifacts from.
+    #[serde(default)]
+    pub deploy: crate::deploy::DeployConfig,
 }
 
 fn one() -> u32 {

@@ -29,6 +29,7 @@ pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
         diags: Vec::new(),
     };
     check_observability(&mut c, config);
+    check_deploy(&mut c, config);
     if config.version != 1 {
         c.err(
             "version",
@@ -499,6 +500,79 @@ fn known<'a>(names: impl Iterator<Item = &'a (impl AsRef<str> + 'a + ?Sized)>) -
         "none".into()
     } else {
         v.join(", ")
+    }
+}
+
+fn check_deploy(c: &mut Checker<'_>, config: &Config) {
+    let d = &config.deploy;
+    let dns = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 53
+            && s.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    for (path, value) in [("deploy.name", &d.name), ("deploy.namespace", &d.namespace)] {
+        if !dns(value) {
+            c.err(
+                path,
+                format!("`{value}` must be a DNS label: lowercase letters, digits and `-`, at most 53 characters"),
+            );
+        }
+    }
+    for name in d.environments.keys() {
+        if !dns(name) {
+            c.err(
+                &child_key("deploy.environments", name),
+                format!("environment `{name}` must be a DNS label"),
+            );
+        }
+    }
+    if d.autoscaling.min == 0 || d.autoscaling.min > d.autoscaling.max {
+        c.err("deploy.autoscaling", "autoscaling needs 1 <= min <= max");
+    }
+    for (i, s) in d.rollout.steps.iter().enumerate() {
+        let set = [
+            s.set_weight.is_some(),
+            s.pause.is_some(),
+            s.analysis.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set != 1 {
+            c.err(
+                &child_index("deploy.rollout.steps", i),
+                "each step is one of `set_weight`, `pause` or `analysis`",
+            );
+        }
+        if s.set_weight.is_some_and(|w| w > 100) {
+            c.err(
+                &child_index("deploy.rollout.steps", i),
+                "set_weight is a percentage, 0 to 100",
+            );
+        }
+    }
+    for (path, v) in [
+        (
+            "deploy.rollout.min_success_rate",
+            d.rollout.min_success_rate,
+        ),
+        (
+            "deploy.rollout.min_workflow_success_rate",
+            d.rollout.min_workflow_success_rate,
+        ),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            c.err(path, "a rate is between 0 and 1");
+        }
+    }
+    if d.rollout.max_p95_seconds.is_nan() || d.rollout.max_p95_seconds <= 0.0 {
+        c.err(
+            "deploy.rollout.max_p95_seconds",
+            "must be a positive number of seconds",
+        );
     }
 }
 

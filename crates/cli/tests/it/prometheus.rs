@@ -232,3 +232,42 @@ async fn prometheus_scrapes_flotilla_and_the_seed_queries_answer() {
         1.0
     );
 }
+
+/// The AnalysisTemplates' PromQL (as `flotilla deploy generate` writes it, args rendered as
+/// Argo Rollouts would) returns numbers from a real Prometheus scraping a live flotilla.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rollout_analysis_queries_return_numbers() {
+    let Some((app, prom, _dir)) = monitored_app().await else {
+        return;
+    };
+    assert_eq!(prom.value("up{job=\"flotilla\"}").await, 1.0);
+    drive_traffic(&app, 8).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prom.value("sum(workflow_runs_total)").await < 16.0 {
+        assert!(Instant::now() < deadline, "Prometheus never saw all runs");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deploy = flotilla_spec::DeployConfig::default();
+    let queries = flotilla_deploy::generate::analysis_queries(&deploy);
+    assert_eq!(queries.len(), 3);
+    for (name, query, success, _) in queries {
+        // Outside Kubernetes there is no namespace label: match any.
+        let promql = query
+            .replace("{{args.service-name}}", "flotilla")
+            .replace("{{args.namespace}}", ".*");
+        let v = prom.value(&promql).await;
+        assert!(v.is_finite() && v >= 0.0, "{name}: {promql} = {v}");
+        if name.ends_with("-latency") {
+            assert!(v < 10.0, "{name}: {v}");
+        } else {
+            assert!(
+                v > 0.0 && v < 1.0,
+                "{name}: {v} (some requests and runs failed)"
+            );
+        }
+        assert!(
+            success.starts_with("len(result) > 0 && result[0]"),
+            "{success}"
+        );
+    }
+}

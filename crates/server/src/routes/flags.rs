@@ -71,10 +71,13 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<FlagList>, ApiEr
 /// An OFREP evaluation request: `{"context": {"targetingKey": "…", …}}` (read by
 /// `context`, which tells a missing context from a null one).
 #[derive(Debug, ToSchema)]
-#[expect(dead_code, reason = "describes the request body for the OpenAPI document")]
+#[expect(
+    dead_code,
+    reason = "describes the request body for the OpenAPI document"
+)]
 pub struct OfrepRequest {
     /// The evaluation context: `targetingKey` plus any fields conditions use.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     context: Option<Value>,
 }
 

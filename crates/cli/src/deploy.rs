@@ -1,0 +1,128 @@
+//! `flotilla deploy generate`: deployment artifacts from the config's `deploy:` section.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
+use flotilla_deploy::generate::{Input, Target, generate};
+use flotilla_spec::{Loader, Source};
+
+use crate::settings::{self, DEMO};
+
+/// `flotilla deploy …`
+#[derive(Debug, Subcommand)]
+pub enum DeployCommand {
+    /// Write a Dockerfile, compose stack, Kubernetes base and overlays (with Argo Rollouts),
+    /// ArgoCD Applications and CI workflows. The same input always gives the same bytes;
+    /// secrets appear only as references.
+    Generate(GenerateArgs),
+}
+
+/// What to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetArg {
+    /// Dockerfile, compose.yaml behind nginx, PostgreSQL, Prometheus.
+    Compose,
+    /// Dockerfile, Kustomize base and overlays, Argo Rollouts.
+    Kubernetes,
+    /// ArgoCD Applications.
+    Argocd,
+    /// GitHub Actions workflows.
+    Ci,
+    /// Everything.
+    All,
+}
+
+/// Options of `flotilla deploy generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Config file (default: ./flotilla.yaml if present, else the embedded demo fleet).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// What to generate.
+    #[arg(long, value_enum, default_value = "all")]
+    target: TargetArg,
+    /// Environments to generate overlays and Applications for (default: every one in
+    /// deploy.environments); repeat for several.
+    #[arg(long = "env")]
+    envs: Vec<String>,
+    /// Directory to write into.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Overwrite files in a non-empty output directory.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Runs a `deploy` subcommand.
+pub fn run(command: DeployCommand) -> anyhow::Result<ExitCode> {
+    let DeployCommand::Generate(args) = command;
+    let path = args.config.clone().or_else(|| {
+        Path::new("flotilla.yaml")
+            .exists()
+            .then(|| PathBuf::from("flotilla.yaml"))
+    });
+    let base = match &path {
+        Some(p) => match Source::file(p) {
+            Ok(s) => s,
+            Err(e) => return Ok(settings::report(&e)),
+        },
+        None => Source {
+            name: "examples/demo.yaml (embedded)".into(),
+            text: DEMO.into(),
+            path: None,
+        },
+    };
+    let text = base.text.clone();
+    // Generation needs no secret values: unset variables stay references.
+    let lookup = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .or_else(|| (name != "DATABASE_URL").then(|| format!("${{{name}}}")))
+    };
+    let loaded = Loader {
+        base,
+        env_name: None,
+        vars: &lookup,
+        var_names: Vec::new(),
+        flags: Vec::new(),
+    }
+    .load();
+    let config = match loaded {
+        Ok(l) => l.config,
+        Err(e) => return Ok(settings::report(&e)),
+    };
+    let flags_text = match &config.flags.file {
+        None => None,
+        Some(f) => {
+            let dir = path
+                .as_deref()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("."));
+            let file = dir.join(f);
+            Some(
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading the flag file {}", file.display()))?,
+            )
+        }
+    };
+    let targets: Vec<Target> = match args.target {
+        TargetArg::Compose => vec![Target::Compose],
+        TargetArg::Kubernetes => vec![Target::Kubernetes],
+        TargetArg::Argocd => vec![Target::Argocd],
+        TargetArg::Ci => vec![Target::Ci],
+        TargetArg::All => Target::ALL.to_vec(),
+    };
+    let input = Input {
+        config: &config,
+        config_text: &text,
+        flags_text: flags_text.as_deref(),
+    };
+    let files = generate(&input, &targets, &args.envs)?;
+    flotilla_deploy::write_files(&args.output, &files, args.force)?;
+    for f in &files {
+        println!("{}", args.output.join(&f.path).display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

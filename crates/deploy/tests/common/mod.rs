@@ -1,0 +1,48 @@
+//! The two configurations the deploy tests generate from: the embedded demo and
+//! `examples/production.yaml` (with `examples/flags.yaml`).
+
+use flotilla_deploy::File;
+use flotilla_deploy::generate::{Input, Target, generate};
+use flotilla_spec::{Config, Loader, Source};
+
+pub const DEMO: &str = include_str!("../../../../examples/demo.yaml");
+pub const PRODUCTION: &str = include_str!("../../../../examples/production.yaml");
+pub const FLAGS: &str = include_str!("../../../../examples/flags.yaml");
+
+pub fn config(name: &str, text: &str) -> Config {
+    // Variables stay references: generation needs no secret values.
+    let lookup = |v: &str| (v != "DATABASE_URL").then(|| format!("${{{v}}}"));
+    Loader {
+        base: Source {
+            name: name.into(),
+            text: text.into(),
+            path: None,
+        },
+        env_name: None,
+        vars: &lookup,
+        var_names: Vec::new(),
+        flags: Vec::new(),
+    }
+    .load()
+    .unwrap_or_else(|e| panic!("{e}"))
+    .config
+}
+
+/// Every file for the demo (`"demo"`) or the production example.
+pub fn files(which: &str) -> Vec<File> {
+    let (text, flags) = match which {
+        "demo" => (DEMO, None),
+        _ => (PRODUCTION, Some(FLAGS)),
+    };
+    let config = config(which, text);
+    generate(
+        &Input {
+            config: &config,
+            config_text: text,
+            flags_text: flags,
+        },
+        &Target::ALL,
+        &[],
+    )
+    .unwrap()
+}
