@@ -207,3 +207,99 @@ async fn logs_also_go_to_a_rotated_file_when_configured() {
     }
     drop(app);
 }
+
+#[test]
+fn deploy_generate_writes_refuses_to_overwrite_and_explains_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("deploy");
+    let out_s = out.to_str().unwrap();
+    let (code, stdout, err) = flotilla(
+        dir.path(),
+        &[
+            "deploy",
+            "generate",
+            "--target",
+            "kubernetes",
+            "--env",
+            "staging",
+            "--output",
+            out_s,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("kubernetes/overlays/staging/kustomization.yaml"),
+        "{stdout}"
+    );
+    assert!(!out.join("kubernetes/overlays/production").exists());
+    assert!(out.join("Dockerfile").exists());
+    let first = std::fs::read(out.join("kubernetes/base/deployment.yaml")).unwrap();
+    let (code, _, err) = flotilla(dir.path(), &["deploy", "generate", "--output", out_s], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--force"), "{err}");
+    let (code, _, err) = flotilla(
+        dir.path(),
+        &[
+            "deploy",
+            "generate",
+            "--target",
+            "kubernetes",
+            "--env",
+            "staging",
+            "--output",
+            out_s,
+            "--force",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        first,
+        std::fs::read(out.join("kubernetes/base/deployment.yaml")).unwrap(),
+        "same input, same bytes"
+    );
+    let (code, _, err) = flotilla(
+        dir.path(),
+        &[
+            "deploy",
+            "generate",
+            "--env",
+            "qa",
+            "--output",
+            dir.path().join("x").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("unknown environment `qa` (deploy.environments has: production, staging)"),
+        "{err}"
+    );
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "deploy:\n  name: Flotilla_App\n  rollout:\n    steps:\n      - { set_weight: 20, pause: 1m }\n",
+    );
+    let (code, _, err) = flotilla(
+        dir.path(),
+        &[
+            "deploy",
+            "generate",
+            "--config",
+            &bad,
+            "--output",
+            dir.path().join("y").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.yaml:2:3: `Flotilla_App` must be a DNS label"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.yaml:5:9: each step is one of `set_weight`"),
+        "{err}"
+    );
+}
