@@ -29,20 +29,7 @@ fn generation_is_deterministic_and_never_writes_a_secret_value() {
         "DB_PASSWORD" | "OPENAI_API_KEY" => Some(canary.to_owned()),
         _ => None,
     };
-    let config = flotilla_spec::Loader {
-        base: flotilla_spec::Source {
-            name: "production.yaml".into(),
-            text: common::PRODUCTION.into(),
-            path: None,
-        },
-        env_name: None,
-        vars: &lookup,
-        var_names: Vec::new(),
-        flags: Vec::new(),
-    }
-    .load()
-    .unwrap()
-    .config;
+    let config = common::config_with("production.yaml", common::PRODUCTION, &lookup);
     let files = flotilla_deploy::generate::generate(
         &flotilla_deploy::generate::Input {
             config: &config,

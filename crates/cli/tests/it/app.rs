@@ -298,3 +298,35 @@ pub fn postgres_database() -> Option<String> {
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
     Some(format!("{base}/{name}"))
 }
+
+/// Whether `program args…` runs and succeeds: a tool `scripts/test` installs. Without it,
+/// a test is skipped with a note outside CI, and fails under `CI=true`.
+pub fn installed(what: &str, program: &str, args: &[&str]) -> bool {
+    let ok = Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but {what} is missing: scripts/test installs it"
+        );
+        eprintln!("skipped: {what} is not installed (scripts/test installs it)");
+    }
+    ok
+}
+
+/// Waits until `url` answers 2xx (at most `within`).
+pub async fn wait_until_up(url: &str, within: Duration, what: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    while !client
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

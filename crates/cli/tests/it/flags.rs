@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::app::{TestApp, flotilla, metric, step};
+use crate::app::{TestApp, flotilla, installed, metric, step};
 
 const FLAGS: &str = r#"
 multi_agent_workflow:
@@ -317,17 +317,11 @@ fn the_cli_lists_and_evaluates() {
 /// reads flags from a live flotilla.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_openfeature_client_reads_flags_over_ofrep() {
-    let probe = Command::new("python")
-        .args(["-c", "import openfeature.contrib.provider.ofrep"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but the OpenFeature OFREP provider is missing: scripts/test installs it"
-        );
-        eprintln!(
-            "skipped: openfeature-provider-ofrep is not installed (scripts/test installs it)"
-        );
+    if !installed(
+        "OpenFeature's OFREP provider",
+        "python",
+        &["-c", "import openfeature.contrib.provider.ofrep"],
+    ) {
         return;
     }
     let app = app_with_flags(FLAGS, "").await;

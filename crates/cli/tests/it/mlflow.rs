@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::app::{metric, spawn_app};
+use crate::app::{installed, metric, spawn_app, wait_until_up};
 
 /// `mlflow server` in its own process group (it starts workers that outlive it), killed
 /// with the whole group.
@@ -20,12 +20,7 @@ struct MlflowServer {
 
 impl MlflowServer {
     async fn start() -> Option<Self> {
-        if Command::new("mlflow").arg("--version").output().is_err() {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI=true but mlflow is missing: scripts/test installs it into target/tools/venv"
-            );
-            eprintln!("skipped: mlflow is not installed (scripts/test installs it)");
+        if !installed("mlflow", "mlflow", &["--version"]) {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -62,20 +57,13 @@ impl MlflowServer {
             url: format!("http://127.0.0.1:{port}"),
             _dir: dir,
         };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let up = client
-                .get(format!("{}/health", server.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if up {
-                return Some(server);
-            }
-            assert!(Instant::now() < deadline, "mlflow server did not start");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        wait_until_up(
+            &format!("{}/health", server.url),
+            Duration::from_secs(120),
+            "mlflow server",
+        )
+        .await;
+        Some(server)
     }
 
     fn stop(&mut self) {

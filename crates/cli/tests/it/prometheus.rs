@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::app::{TestApp, flotilla, spawn_app};
+use crate::app::{TestApp, flotilla, installed, spawn_app, wait_until_up};
 
 /// A Prometheus on a free loopback port, killed when dropped.
 pub struct PrometheusServer {
@@ -20,16 +20,7 @@ impl PrometheusServer {
     /// Starts `prometheus` on `config` (in `dir`, which also holds its TSDB). `None` when
     /// Prometheus is not installed outside CI.
     pub async fn start(dir: &std::path::Path, config: &std::path::Path) -> Option<Self> {
-        if Command::new("prometheus")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI=true but prometheus is missing: scripts/test installs it"
-            );
-            eprintln!("skipped: prometheus is not installed (scripts/test installs it)");
+        if !installed("prometheus", "prometheus", &["--version"]) {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -53,20 +44,13 @@ impl PrometheusServer {
             url: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = server
-                .client
-                .get(format!("{}/-/ready", server.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return Some(server);
-            }
-            assert!(Instant::now() < deadline, "prometheus did not become ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until_up(
+            &format!("{}/-/ready", server.url),
+            Duration::from_secs(30),
+            "prometheus",
+        )
+        .await;
+        Some(server)
     }
 
     /// `GET /api/v1/<path>`; panics unless Prometheus answers `success`.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::app::{metric, spawn_app};
+use crate::app::{installed, metric, spawn_app};
 use crate::fakes::fake_agent;
 
 /// A redis-server on a free loopback port, killed when dropped.
@@ -17,16 +17,7 @@ struct RedisServer {
 
 impl RedisServer {
     fn start() -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI=true but redis-server is missing: scripts/test installs it"
-            );
-            eprintln!("skipped: redis-server is not installed (scripts/test installs it)");
+        if !installed("redis-server", "redis-server", &["--version"]) {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::app::{metric, spawn_app};
+use crate::app::{installed, metric, spawn_app};
 
 const OPERATOR: &str = "flk_schemathesis_operator";
 const ADMIN: &str = "flk_schemathesis_admin";
@@ -20,19 +20,7 @@ const CHECKS: [&str; 4] = [
 ];
 
 fn schemathesis() -> Option<&'static str> {
-    if Command::new("schemathesis")
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
-        return Some("schemathesis");
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "CI=true but schemathesis is missing: scripts/test installs it into target/tools/venv"
-    );
-    eprintln!("skipped: schemathesis is not installed (scripts/test installs it)");
-    None
+    installed("schemathesis", "schemathesis", &["--version"]).then_some("schemathesis")
 }
 
 fn run(bin: &str, url: &str, key: &str, extra: &[&str]) {

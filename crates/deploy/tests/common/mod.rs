@@ -9,9 +9,15 @@ pub const DEMO: &str = include_str!("../../../../examples/demo.yaml");
 pub const PRODUCTION: &str = include_str!("../../../../examples/production.yaml");
 pub const FLAGS: &str = include_str!("../../../../examples/flags.yaml");
 
+/// The configuration in `text`; variables stay references, as generation needs no values.
 pub fn config(name: &str, text: &str) -> Config {
-    // Variables stay references: generation needs no secret values.
-    let lookup = |v: &str| (v != "DATABASE_URL").then(|| format!("${{{v}}}"));
+    config_with(name, text, &|v: &str| {
+        (v != "DATABASE_URL").then(|| format!("${{{v}}}"))
+    })
+}
+
+/// The configuration in `text`, variables looked up with `lookup`.
+pub fn config_with(name: &str, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Config {
     Loader {
         base: Source {
             name: name.into(),
@@ -19,7 +25,7 @@ pub fn config(name: &str, text: &str) -> Config {
             path: None,
         },
         env_name: None,
-        vars: &lookup,
+        vars: lookup,
         var_names: Vec::new(),
         flags: Vec::new(),
     }
