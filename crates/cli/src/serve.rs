@@ -123,7 +123,7 @@ async fn serve_config(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     }
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = flotilla_server::AppState {
+    let state = flotilla_server::AppState::new(flotilla_server::AppShared {
         engine: Arc::new(OnceLock::new()),
         metrics: metrics.clone(),
         ready: Arc::new(AtomicBool::new(false)),
@@ -132,9 +132,9 @@ async fn serve_config(config: Arc<Config>) -> anyhow::Result<ExitCode> {
         request_timeout: config.server.request_timeout.0,
         started: Instant::now(),
         auth,
-        cors_origins: config.server.cors_origins.clone(),
+        cors_origins: config.server.cors_origins.clone().into(),
         tls: config.server.tls.is_some(),
-    };
+    });
     let grace = config.server.shutdown_grace.0;
     let mut stop = shutdown_rx.clone();
     let stopped = async move {

@@ -37,9 +37,26 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 
-/// What every handler sees.
+/// What every handler sees; cloning it (axum does, per extractor) is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppShared>);
+
+impl AppState {
+    /// The state of a server.
+    pub fn new(shared: AppShared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppShared;
+    fn deref(&self) -> &AppShared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct AppShared {
     /// Set once migrations ran and the engine started.
     pub engine: Arc<OnceLock<Engine>>,
     /// The metrics catalogue.
@@ -57,7 +74,7 @@ pub struct AppState {
     /// Credentials, roles and rate limits.
     pub auth: Arc<auth::Auth>,
     /// Origins allowed by CORS (empty: no CORS headers).
-    pub cors_origins: Vec<String>,
+    pub cors_origins: Arc<[String]>,
     /// Served over TLS (adds `Strict-Transport-Security`).
     pub tls: bool,
 }
