@@ -1,6 +1,6 @@
 //! The engine's public face: submit, execute, wait, cancel, inspect, recover, shut down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -100,11 +100,21 @@ pub(crate) struct Shared {
     pub flags: flotilla_flags::Flags,
     /// Stops the flag file watcher.
     pub stop_flags: watch::Sender<bool>,
+    /// Definition hashes this process has stored.
+    pub stored_definitions: Mutex<HashSet<String>>,
+    /// Compiled one-step workflows of `/execute`, by task shape.
+    pub task_definitions: Mutex<HashMap<String, Arc<Compiled>>>,
 }
 
 impl Shared {
     pub(crate) fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunHandle>> {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn stored_definitions(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.stored_definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -264,6 +274,8 @@ impl Engine {
             tracker,
             flags,
             stop_flags,
+            stored_definitions: Mutex::new(HashSet::new()),
+            task_definitions: Mutex::new(HashMap::new()),
             registry: Registry::new(&config, client, metrics.clone()),
             gate: Gate::new(
                 config.engine.max_concurrency as usize,
@@ -545,7 +557,9 @@ impl Engine {
             kind,
             workflow: compiled.name.clone(),
             definition_hash: compiled.hash.clone(),
-            definition: compiled.json.clone(),
+            // Each definition is written once per process; later runs only name its hash.
+            definition: (!self.shared.stored_definitions().contains(&compiled.hash))
+                .then(|| compiled.json.clone()),
             priority: priority.as_str().to_owned(),
             input: sub.input,
             metadata,
@@ -592,6 +606,9 @@ impl Engine {
                 })
             }
             CreateOutcome::Created => {
+                self.shared
+                    .stored_definitions()
+                    .insert(compiled.hash.clone());
                 let state = RunState::new(compiled.dag.len());
                 let driver =
                     Driver::new(self.shared.clone(), compiled, &record, priority, state, 0);
@@ -604,6 +621,38 @@ impl Engine {
                 })
             }
         }
+    }
+
+    /// The compiled one-step workflow of a task, compiled once per task shape.
+    fn task_definition(&self, step: Step) -> Result<Arc<Compiled>> {
+        /// Shapes remembered; beyond this the cache starts over.
+        const KEEP: usize = 1024;
+        let key = serde_json::to_string(&step).unwrap_or_default();
+        let cache = || {
+            self.shared
+                .task_definitions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if let Some(c) = cache().get(&key) {
+            return Ok(c.clone());
+        }
+        let wf = Workflow {
+            description: None,
+            input_schema: None,
+            timeout: None,
+            priority: None,
+            steps: vec![step],
+            output: Some(Value::String("{{ steps.task.output }}".into())),
+            budget: None,
+        };
+        let compiled = Compiled::new("_task", wf)?;
+        let mut cache = cache();
+        if cache.len() >= KEEP {
+            cache.clear();
+        }
+        cache.insert(key, compiled.clone());
+        Ok(compiled)
     }
 
     /// Runs one task to its end (or its timeout) and returns how it went.
@@ -650,16 +699,7 @@ impl Engine {
             compensate: None,
             cache: None,
         };
-        let wf = Workflow {
-            description: None,
-            input_schema: None,
-            timeout: None,
-            priority: None,
-            steps: vec![step],
-            output: Some(Value::String("{{ steps.task.output }}".into())),
-            budget: None,
-        };
-        let compiled = Compiled::new("_task", wf)?;
+        let compiled = self.task_definition(step)?;
         let priority = task.priority.unwrap_or_default();
         let sub = Submission {
             input: task.input,

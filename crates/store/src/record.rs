@@ -100,8 +100,9 @@ pub struct NewRun {
     pub workflow: String,
     /// Hash of the pinned definition.
     pub definition_hash: String,
-    /// The pinned definition (JSON), stored once per hash.
-    pub definition: String,
+    /// The pinned definition (JSON), stored once per hash; `None` when the caller knows
+    /// the store already holds it.
+    pub definition: Option<String>,
     /// Priority name.
     pub priority: String,
     /// Run input.

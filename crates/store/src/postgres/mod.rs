@@ -306,15 +306,17 @@ impl Store for PostgresStore {
 
     async fn create_run(&self, run: NewRun) -> Result<CreateOutcome> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO definitions (hash, workflow, body, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(&run.definition_hash)
-        .bind(&run.workflow)
-        .bind(&run.definition)
-        .bind(run.created_at)
-        .execute(&mut *tx)
-        .await?;
+        if let Some(definition) = &run.definition {
+            sqlx::query(
+                "INSERT INTO definitions (hash, workflow, body, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING",
+            )
+            .bind(&run.definition_hash)
+            .bind(&run.workflow)
+            .bind(definition)
+            .bind(run.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
         let inserted = sqlx::query(
             "INSERT INTO runs (id, kind, workflow, definition_hash, status, priority, input, metadata,
                                idempotency_key, created_at, updated_at, deadline_at, owner, lease_until)

@@ -150,16 +150,18 @@ fn create(tx: &rusqlite::Transaction<'_>, run: &NewRun) -> Result<CreateOutcome>
             return Ok(CreateOutcome::Existing(id));
         }
     }
-    tx.prepare_cached(
-        "INSERT INTO definitions (hash, workflow, body, created_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(hash) DO NOTHING",
-    )?
-    .execute(params![
-        run.definition_hash,
-        run.workflow,
-        run.definition,
-        run.created_at
-    ])?;
+    if let Some(definition) = &run.definition {
+        tx.prepare_cached(
+            "INSERT INTO definitions (hash, workflow, body, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(hash) DO NOTHING",
+        )?
+        .execute(params![
+            run.definition_hash,
+            run.workflow,
+            definition,
+            run.created_at
+        ])?;
+    }
     tx.prepare_cached(
         "INSERT INTO runs (id, kind, workflow, definition_hash, status, priority, input, metadata,
                            idempotency_key, created_at, updated_at, deadline_at, owner, lease_until)

@@ -9,7 +9,7 @@ pub fn new_run(id: &str, key: Option<&str>) -> NewRun {
         kind: RunKind::Workflow,
         workflow: "w".into(),
         definition_hash: "h1".into(),
-        definition: "{\"steps\":[]}".into(),
+        definition: Some("{\"steps\":[]}".into()),
         priority: "medium".into(),
         input: json!({"city": "Oslo"}),
         metadata: json!({}),
