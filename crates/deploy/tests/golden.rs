@@ -1,18 +1,18 @@
 //! Golden files: the full output for the demo and the production example, byte for byte
 //! (`cargo insta review` after an intended change).
 
-mod common;
+mod examples;
 
 #[test]
 fn demo_output_is_unchanged() {
-    for f in common::files("demo") {
+    for f in examples::files("demo") {
         insta::assert_snapshot!(format!("demo__{}", f.path.replace('/', "__")), f.contents);
     }
 }
 
 #[test]
 fn production_output_is_unchanged() {
-    for f in common::files("production") {
+    for f in examples::files("production") {
         insta::assert_snapshot!(
             format!("production__{}", f.path.replace('/', "__")),
             f.contents
@@ -22,19 +22,19 @@ fn production_output_is_unchanged() {
 
 #[test]
 fn generation_is_deterministic_and_never_writes_a_secret_value() {
-    assert_eq!(common::files("production"), common::files("production"));
+    assert_eq!(examples::files("production"), examples::files("production"));
     // Even with the secrets set where flotilla deploy generate runs.
     let canary = "canary-db-password-4417";
     let lookup = |v: &str| match v {
         "DB_PASSWORD" | "OPENAI_API_KEY" => Some(canary.to_owned()),
         _ => None,
     };
-    let config = common::config_with("production.yaml", common::PRODUCTION, &lookup);
+    let config = examples::config_with("production.yaml", examples::PRODUCTION, &lookup);
     let files = flotilla_deploy::generate::generate(
         &flotilla_deploy::generate::Input {
             config: &config,
-            config_text: common::PRODUCTION,
-            flags_text: Some(common::FLAGS),
+            config_text: examples::PRODUCTION,
+            flags_text: Some(examples::FLAGS),
         },
         &flotilla_deploy::generate::Target::ALL,
         &[],

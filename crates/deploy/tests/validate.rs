@@ -3,7 +3,7 @@
 //! `kubectl kustomize`, `promtool`, the Compose and GitHub Actions schemas
 //! (check-jsonschema) and yamllint.
 
-mod common;
+mod examples;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,7 +49,7 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 
 fn generated(which: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    write_files(dir.path(), &common::files(which), false).unwrap();
+    write_files(dir.path(), &examples::files(which), false).unwrap();
     dir
 }
 

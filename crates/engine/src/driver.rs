@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_spec::{Budget, Priority, template};
+use flotilla_spec::{Priority, template};
 use flotilla_store::{EventRecord, RunKind, RunRecord, RunStatus, StepRecord, StepStatus, Write};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
@@ -16,11 +16,13 @@ use tracing::Instrument;
 
 use crate::agents::{AgentError, AgentRequest, AgentResponse, Usage};
 use crate::backoff::retry_delay;
+use crate::budget::Spend;
 use crate::cache;
+use crate::call::{Target, call};
 use crate::clock::now_ms;
+use crate::context::{context, context_value, with_flags};
 use crate::engine::{Compiled, RunOutcome, Shared};
-use crate::metrics::{Metrics, WorkflowLabels, WorkflowStatusLabels, WorkflowStepLabels};
-use crate::registry::AgentEntry;
+use crate::metrics::{WorkflowLabels, WorkflowStatusLabels, WorkflowStepLabels};
 use crate::scheduler::{self, Action, Condition, Event, Outcome, RunState, StopReason};
 
 /// Messages from the engine to a run.
@@ -52,11 +54,6 @@ struct Rendered {
     input: Value,
     instructions: Option<String>,
     prompt: Option<String>,
-}
-
-enum Target {
-    Agent(String),
-    Capability(String),
 }
 
 pub(crate) struct Driver {
@@ -864,170 +861,4 @@ impl Driver {
             Report::Compensation { step, result }
         });
     }
-}
-
-fn context_value(
-    compiled: &Compiled,
-    outputs: &[Option<Value>],
-    input: &Value,
-    metadata: &Value,
-    run_id: &str,
-) -> Value {
-    let steps: Map<String, Value> = compiled
-        .dag
-        .ids
-        .iter()
-        .zip(outputs)
-        .filter_map(|(id, out)| out.as_ref().map(|o| (id.clone(), json!({"output": o}))))
-        .collect();
-    json!({
-        "input": input,
-        "metadata": metadata,
-        "steps": steps,
-        "run": {"id": run_id, "workflow": compiled.name},
-    })
-}
-
-fn context(
-    compiled: &Compiled,
-    outputs: &[Option<Value>],
-    input: &Value,
-    metadata: &Value,
-    run_id: &str,
-) -> minijinja::Value {
-    template::context(&context_value(compiled, outputs, input, metadata, run_id))
-}
-
-/// `ctx` plus `flag('name')`, evaluated for the run: the flag context is the run's
-/// metadata and input fields (input wins), e.g. `user_id`, `priority`.
-fn with_flags(
-    ctx: minijinja::Value,
-    flags: &flotilla_flags::Flags,
-    input: &Value,
-    metadata: &Value,
-) -> minijinja::Value {
-    let mut fields = metadata.as_object().cloned().unwrap_or_default();
-    if let Some(i) = input.as_object() {
-        fields.extend(i.clone());
-    }
-    let flag_ctx = flotilla_flags::Context::from_json(&fields);
-    let flags = flags.clone();
-    let flag = minijinja::Value::from_function(move |name: &str| -> bool {
-        flags.evaluate(name, &flag_ctx).is_some_and(|e| e.enabled)
-    });
-    minijinja::context! { flag => flag, ..ctx }
-}
-
-/// What a run has spent on LLM calls, and its budget: checked before each call.
-struct Spend {
-    workflow: String,
-    budget: Option<Budget>,
-    total: Usage,
-    by_agent: HashMap<String, Usage>,
-}
-
-impl Spend {
-    /// Refuses a call whose estimate would take the run's or the agent's spend past its
-    /// budget, counting the refusal in `llm_budget_exceeded_total`.
-    fn check(
-        &self,
-        entry: &AgentEntry,
-        req: &AgentRequest,
-        metrics: &Metrics,
-    ) -> Result<(), AgentError> {
-        let Some(estimate) = entry.runtime.estimate(req) else {
-            return Ok(());
-        };
-        let on_agent = self.by_agent.get(&entry.name).copied().unwrap_or_default();
-        let limits = [
-            ("workflow", self.workflow.as_str(), self.budget, self.total),
-            ("agent", entry.name.as_str(), entry.budget, on_agent),
-        ];
-        for (scope, name, budget, spent) in limits {
-            let Some(budget) = budget else { continue };
-            let over = if let Some(usd) = budget.usd
-                && spent.cost_usd + estimate.cost_usd > usd
-            {
-                Some(format!(
-                    "{usd} USD per run; {:.4} USD spent, this call would cost up to {:.4} USD",
-                    spent.cost_usd, estimate.cost_usd
-                ))
-            } else if let Some(tokens) = budget.tokens
-                && spent.tokens() + estimate.tokens() > tokens
-            {
-                Some(format!(
-                    "{tokens} tokens per run; {} spent, this call would use up to {}",
-                    spent.tokens(),
-                    estimate.tokens()
-                ))
-            } else {
-                None
-            };
-            if let Some(detail) = over {
-                metrics.budget_exceeded(scope, name);
-                return Err(AgentError::permanent(format!(
-                    "budget exceeded: {scope} `{name}` allows {detail}; the call was not made"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// One agent call under the concurrency limits and the agent's circuit breaker; with
-/// `spend`, refused before it is made when it would break a budget.
-async fn call(
-    shared: &Shared,
-    target: Target,
-    req: AgentRequest,
-    timeout: Duration,
-    priority: Priority,
-    spend: Option<&Spend>,
-) -> (Option<String>, Result<AgentResponse, AgentError>) {
-    let entry = match &target {
-        Target::Agent(name) => shared
-            .registry
-            .get(name)
-            .ok_or_else(|| AgentError::Unavailable(format!("agent `{name}` is not available"))),
-        Target::Capability(cap) => shared.registry.for_capability(cap),
-    };
-    let entry = match entry {
-        Ok(e) => e,
-        Err(e) => return (None, Err(e)),
-    };
-    if let Some(spend) = spend
-        && let Err(e) = spend.check(&entry, &req, &shared.metrics)
-    {
-        return (Some(entry.name.clone()), Err(e));
-    }
-    let span = tracing::info_span!(
-        "agent",
-        otel.name = %format!("call {}", entry.name),
-        otel.kind = "client",
-        "flotilla.agent.name" = %entry.name,
-        "flotilla.action" = %req.action,
-        "gen_ai.usage.input_tokens" = tracing::field::Empty,
-        "gen_ai.usage.output_tokens" = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    let mut req = req;
-    if let Some(tp) = crate::trace::traceparent(&span) {
-        req.traceparent = tp;
-    }
-    let result = entry
-        .call(&shared.gate, &req, timeout, priority)
-        .instrument(span.clone())
-        .await;
-    match &result {
-        Ok(AgentResponse { usage: Some(u), .. }) => {
-            let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            span.record("gen_ai.usage.input_tokens", count(u.prompt_tokens));
-            span.record("gen_ai.usage.output_tokens", count(u.completion_tokens));
-        }
-        Ok(_) => {}
-        Err(_) => {
-            span.record("otel.status_code", "ERROR");
-        }
-    }
-    (Some(entry.name.clone()), result)
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_spec::{Config, Priority, Step, Workflow};
+use flotilla_spec::{Config, Priority, Workflow};
 use flotilla_store::{
     CreateOutcome, EventRecord, NewRun, RunKind, RunQuery, RunRecord, RunStatus, StepRecord,
     StepStatus, Store,
@@ -35,7 +35,7 @@ pub(crate) struct Compiled {
 }
 
 impl Compiled {
-    fn new(name: &str, workflow: Workflow) -> Result<Arc<Compiled>> {
+    pub(crate) fn new(name: &str, workflow: Workflow) -> Result<Arc<Compiled>> {
         let schema = match &workflow.input_schema {
             Some(s) => Some(
                 jsonschema::validator_for(s)
@@ -157,42 +157,10 @@ impl Submitted {
     }
 }
 
-/// A one-step task (`POST /api/v1/execute`).
-#[derive(Debug, Clone, Default)]
-pub struct TaskRequest {
-    /// Agent by name…
-    pub agent: Option<String>,
-    /// …or any agent offering this capability.
-    pub capability: Option<String>,
-    /// Action name (default `execute`).
-    pub action: Option<String>,
-    /// Input.
-    pub input: Value,
-    /// Instructions, passed verbatim.
-    pub instructions: Option<String>,
-    /// Priority.
-    pub priority: Option<Priority>,
-    /// Attempt timeout.
-    pub timeout: Option<Duration>,
-    /// Metadata.
-    pub metadata: Value,
-}
-
-/// A finished (or timed out) task.
-#[derive(Debug, Clone)]
-pub struct TaskResult {
-    /// Task id (a run id).
-    pub task_id: String,
-    /// How it ended.
-    pub outcome: RunOutcome,
-    /// Milliseconds from submission to end.
-    pub duration_ms: u64,
-}
-
 /// The engine.
 #[derive(Clone)]
 pub struct Engine {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     prober: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
     leases: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -535,7 +503,7 @@ impl Engine {
             .await
     }
 
-    async fn start_run(
+    pub(crate) async fn start_run(
         &self,
         compiled: Arc<Compiled>,
         kind: RunKind,
@@ -621,110 +589,6 @@ impl Engine {
                 })
             }
         }
-    }
-
-    /// The compiled one-step workflow of a task, compiled once per task shape.
-    fn task_definition(&self, step: Step) -> Result<Arc<Compiled>> {
-        /// Shapes remembered; beyond this the cache starts over.
-        const KEEP: usize = 1024;
-        let key = serde_json::to_string(&step).unwrap_or_default();
-        let cache = || {
-            self.shared
-                .task_definitions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-        };
-        if let Some(c) = cache().get(&key) {
-            return Ok(c.clone());
-        }
-        let wf = Workflow {
-            description: None,
-            input_schema: None,
-            timeout: None,
-            priority: None,
-            steps: vec![step],
-            output: Some(Value::String("{{ steps.task.output }}".into())),
-            budget: None,
-        };
-        let compiled = Compiled::new("_task", wf)?;
-        let mut cache = cache();
-        if cache.len() >= KEEP {
-            cache.clear();
-        }
-        cache.insert(key, compiled.clone());
-        Ok(compiled)
-    }
-
-    /// Runs one task to its end (or its timeout) and returns how it went.
-    pub async fn execute(&self, task: TaskRequest) -> Result<TaskResult> {
-        match (&task.agent, &task.capability) {
-            (Some(_), Some(_)) => {
-                return Err(EngineError::BadRequest(
-                    "give either `agent` or `capability`, not both".into(),
-                ));
-            }
-            (None, None) => {
-                return Err(EngineError::BadRequest(
-                    "give `agent` or `capability`".into(),
-                ));
-            }
-            (Some(a), None) if self.shared.registry.get(a).is_none() => {
-                return Err(EngineError::UnknownAgent(a.clone()));
-            }
-            (None, Some(c)) if !self.shared.registry.offers(c) => {
-                return Err(EngineError::UnknownCapability(c.clone()));
-            }
-            _ => {}
-        }
-        let started = std::time::Instant::now();
-        let timeout = task
-            .timeout
-            .unwrap_or(self.shared.config.engine.default_timeout.0);
-        let step = Step {
-            id: "task".into(),
-            agent: task.agent,
-            capability: task.capability,
-            action: Some(task.action.unwrap_or_else(|| "execute".into())),
-            input: None,
-            prompt: None,
-            // Caller text is data, not a template.
-            instructions: task
-                .instructions
-                .map(|i| format!("{{% raw %}}{i}{{% endraw %}}")),
-            needs: Vec::new(),
-            when: None,
-            timeout: Some(flotilla_spec::Dur(timeout)),
-            retry: None,
-            priority: None,
-            compensate: None,
-            cache: None,
-        };
-        let compiled = self.task_definition(step)?;
-        let priority = task.priority.unwrap_or_default();
-        let sub = Submission {
-            input: task.input,
-            priority: Some(priority),
-            metadata: task.metadata,
-            idempotency_key: None,
-        };
-        let mut submitted = self
-            .start_run(compiled, RunKind::Task, sub, priority)
-            .await?;
-        let outcome = submitted
-            .outcome(timeout + Duration::from_secs(1))
-            .await
-            .unwrap_or(RunOutcome {
-                status: RunStatus::Running,
-                output: None,
-                error_kind: Some("timeout"),
-                error: Some(format!("task did not finish within {timeout:?}")),
-                agent: None,
-            });
-        Ok(TaskResult {
-            task_id: submitted.run_id,
-            outcome,
-            duration_ms: started.elapsed().as_millis() as u64,
-        })
     }
 
     async fn wait_outcome(&self, run_id: &str, timeout: Duration) -> Option<RunOutcome> {

@@ -23,8 +23,11 @@
 pub mod agents;
 pub mod backoff;
 pub mod breaker;
+pub(crate) mod budget;
 pub mod cache;
+mod call;
 mod clock;
+mod context;
 mod driver;
 mod engine;
 mod error;
@@ -33,9 +36,11 @@ pub mod metrics;
 pub mod mlflow;
 pub mod registry;
 pub mod scheduler;
+mod task;
 pub mod trace;
 
 pub use clock::now_ms;
-pub use engine::{Engine, RunOutcome, Submission, Submitted, TaskRequest, TaskResult};
+pub use engine::{Engine, RunOutcome, Submission, Submitted};
 pub use error::{EngineError, Result};
 pub use registry::{AgentStatus, Registration, RegistrationError};
+pub use task::{TaskRequest, TaskResult};
