@@ -24,11 +24,7 @@ impl MlflowServer {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::app::free_port();
         let child = Command::new("mlflow")
             .args([
                 "server",

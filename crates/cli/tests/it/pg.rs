@@ -41,11 +41,7 @@ impl PrivatePostgres {
             .args(["postgres:postgres"])
             .arg(dir.path())
             .status();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::app::free_port();
         let pg = PrivatePostgres {
             dir,
             bin: PathBuf::from(bin),
