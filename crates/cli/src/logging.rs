@@ -103,19 +103,14 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
         })
     };
     let (provider, endpoint) = tracer_provider(config)?;
-    // Our spans, whatever the log level: they carry the trace context.
+    // Our spans (targets `flotilla*`), whatever the log level: they carry the trace context.
     let spans = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("flotilla"))
         .with_location(false)
         .with_threads(false)
         .with_target(false)
         .with_tracked_inactivity(false)
-        .with_filter(
-            Targets::new()
-                .with_target("flotilla", LevelFilter::INFO)
-                .with_target("flotilla_server", LevelFilter::INFO)
-                .with_target("flotilla_engine", LevelFilter::INFO),
-        );
+        .with_filter(Targets::new().with_target("flotilla", LevelFilter::INFO));
     let stderr = if format == "pretty" {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)

@@ -317,8 +317,14 @@ impl Flags {
     /// Evaluates and counts in `feature_flag_evaluations_total`.
     pub fn evaluate(&self, name: &str, ctx: &Context) -> Option<Evaluation> {
         let e = self.current.load().evaluate(name, ctx);
+        self.record(name, e.as_ref());
+        e
+    }
+
+    /// Counts an evaluation made on a [`FlagSet`] taken with [`Flags::snapshot`].
+    pub fn record(&self, name: &str, e: Option<&Evaluation>) {
         // Unknown names share one series: callers must not grow the label set.
-        let (flag, result) = match &e {
+        let (flag, result) = match e {
             Some(e) => (name, if e.enabled { "true" } else { "false" }),
             None => ("_unknown", "unknown"),
         };
@@ -329,7 +335,6 @@ impl Flags {
                 result: result.to_owned(),
             })
             .inc();
-        e
     }
 
     /// The metrics.

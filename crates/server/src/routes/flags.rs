@@ -195,11 +195,11 @@ fn evaluate(
             format!("`{key}` is a percentage rollout: give context.targetingKey"),
         ));
     }
-    let flags = state
-        .engine()
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, "GENERAL", e.to_string()))?
-        .flags();
-    let e = flags.evaluate(key, ctx).ok_or((
+    let e = set.evaluate(key, ctx);
+    if let Ok(engine) = state.engine() {
+        engine.flags().record(key, e.as_ref());
+    }
+    let e = e.ok_or((
         StatusCode::NOT_FOUND,
         "FLAG_NOT_FOUND",
         format!("no flag named `{key}`"),
