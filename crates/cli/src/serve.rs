@@ -130,12 +130,17 @@ async fn serve_config(config: Arc<Config>) -> anyhow::Result<ExitCode> {
         shutdown: shutdown_rx.clone(),
         body_limit: config.server.body_limit.0,
         request_timeout: config.server.request_timeout.0,
+        max_list_bytes: config.server.max_list_bytes.0 as usize,
         started: Instant::now(),
         auth,
         cors_origins: config.server.cors_origins.clone().into(),
         tls: config.server.tls.is_some(),
     });
     let grace = config.server.shutdown_grace.0;
+    let limits = flotilla_server::ConnLimits {
+        header_read_timeout: config.server.header_read_timeout.0,
+        max_connections: config.server.max_connections as usize,
+    };
     let mut stop = shutdown_rx.clone();
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -146,6 +151,7 @@ async fn serve_config(config: Arc<Config>) -> anyhow::Result<ExitCode> {
             state.clone(),
             stopped,
             grace,
+            limits,
         )),
         Some(tls) => {
             let files = flotilla_server::tls::TlsFiles {
@@ -164,6 +170,7 @@ async fn serve_config(config: Arc<Config>) -> anyhow::Result<ExitCode> {
                 state.clone(),
                 stopped,
                 grace,
+                limits,
             ))
         }
     };

@@ -127,8 +127,36 @@ pub struct Submission {
     pub priority: Option<Priority>,
     /// Free-form caller metadata.
     pub metadata: Value,
-    /// `Idempotency-Key`: a second submission with the same key returns the first run.
-    pub idempotency_key: Option<String>,
+    /// `Idempotency-Key` and who sent it: a second submission by the same caller, to the
+    /// same workflow, with the same key and body returns the first run once it finished.
+    pub idempotency: Option<Idempotency>,
+    /// The run's id, when the caller chose it in advance (a batch names its tasks before
+    /// running them); a new UUIDv7 otherwise.
+    pub id: Option<String>,
+}
+
+/// An `Idempotency-Key` within its scope.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// Who sent it (an API key's name, a token's subject, a client address): keys of
+    /// different callers never meet.
+    pub principal: String,
+    /// The key as sent.
+    pub key: String,
+}
+
+impl Idempotency {
+    /// What the store keeps: a digest of (principal, workflow, key), each length-prefixed so
+    /// that no two scopes can spell the same string.
+    fn stored(&self, workflow: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [self.principal.as_str(), workflow, self.key.as_str()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
 }
 
 /// An accepted submission.
@@ -513,8 +541,18 @@ impl Engine {
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
+        let metadata_len = serde_json::to_vec(&sub.metadata).map_or(0, |v| v.len());
+        if metadata_len > flotilla_store::RunSummary::MAX_METADATA {
+            return Err(EngineError::BadRequest(format!(
+                "`metadata` is {metadata_len} bytes of JSON; the limit is {} (put large data in `input`)",
+                flotilla_store::RunSummary::MAX_METADATA
+            )));
+        }
         let now = now_ms();
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = sub
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let metadata = if sub.metadata.is_null() {
             Value::Object(Default::default())
         } else {
@@ -531,7 +569,7 @@ impl Engine {
             priority: priority.as_str().to_owned(),
             input: sub.input,
             metadata,
-            idempotency_key: sub.idempotency_key,
+            idempotency_key: sub.idempotency.as_ref().map(|i| i.stored(&compiled.name)),
             created_at: now,
             deadline_at: compiled
                 .workflow
@@ -560,15 +598,23 @@ impl Engine {
         };
         match self.shared.store.create_run(new).await? {
             CreateOutcome::Existing(existing) => {
-                let status = self
-                    .shared
-                    .store
-                    .run(&existing)
-                    .await?
-                    .map_or(RunStatus::Queued, |r| r.status);
+                let Some(first) = self.shared.store.run(&existing).await? else {
+                    return Err(EngineError::RunNotFound(existing));
+                };
+                // The IETF Idempotency-Key draft's answers: another body is a misuse of the
+                // key (422), a first request still at work a conflict (409).
+                if first.input != record.input
+                    || first.metadata != record.metadata
+                    || first.priority != record.priority
+                {
+                    return Err(EngineError::IdempotencyMismatch(existing));
+                }
+                if !first.status.is_terminal() {
+                    return Err(EngineError::IdempotencyInProgress(existing));
+                }
                 Ok(Submitted {
                     run_id: existing,
-                    status,
+                    status: first.status,
                     existing: true,
                     done: None,
                 })
@@ -644,13 +690,9 @@ impl Engine {
         }
     }
 
-    /// Runs, newest first.
-    pub async fn list(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
-        let mut out = Vec::new();
-        for r in self.shared.store.list_runs(query).await? {
-            out.push(self.view(r).await?);
-        }
-        Ok(out)
+    /// Run summaries, newest first.
+    pub async fn list(&self, query: &RunQuery) -> Result<Vec<flotilla_store::RunSummary>> {
+        Ok(self.shared.store.list_runs(query).await?)
     }
 
     /// Completes a stored run with every step of its pinned definition, in declaration

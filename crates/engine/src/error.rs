@@ -23,6 +23,16 @@ pub enum EngineError {
     /// A request that is wrong in itself.
     #[error("{0}")]
     BadRequest(String),
+    /// An `Idempotency-Key` this caller used before for this workflow with another body.
+    #[error(
+        "the Idempotency-Key was used for run `{0}` with a different input, priority or metadata"
+    )]
+    IdempotencyMismatch(String),
+    /// An `Idempotency-Key` whose run is still in progress.
+    #[error(
+        "the run started with this Idempotency-Key, `{0}`, is still in progress; repeat the request once it finished, or follow the run by its id"
+    )]
+    IdempotencyInProgress(String),
     /// The run already finished.
     #[error("run `{0}` already finished with status {1}")]
     AlreadyFinished(String, String),

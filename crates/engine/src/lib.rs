@@ -40,7 +40,7 @@ mod task;
 pub mod trace;
 
 pub use clock::now_ms;
-pub use engine::{Engine, RunOutcome, Submission, Submitted};
+pub use engine::{Engine, Idempotency, RunOutcome, Submission, Submitted};
 pub use error::{EngineError, Result};
 pub use registry::{AgentStatus, Registration, RegistrationError};
 pub use task::{TaskRequest, TaskResult};

@@ -29,6 +29,8 @@ pub struct TaskRequest {
     pub timeout: Option<Duration>,
     /// Metadata.
     pub metadata: Value,
+    /// The task's id, when chosen in advance; a new UUIDv7 otherwise.
+    pub id: Option<String>,
 }
 
 /// A finished (or timed out) task.
@@ -125,7 +127,8 @@ impl Engine {
             input: task.input,
             priority: Some(priority),
             metadata: task.metadata,
-            idempotency_key: None,
+            idempotency: None,
+            id: task.id,
         };
         let mut submitted = self
             .start_run(compiled, RunKind::Task, sub, priority)

@@ -6,9 +6,10 @@
 //! credentials, the client's address; rate limits count per principal and group.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{Method, header};
@@ -94,6 +95,11 @@ pub struct Auth {
     jwt: Option<Jwt>,
     protect_metrics: bool,
     limits: HashMap<&'static str, DefaultKeyedRateLimiter<String>>,
+    /// Failed authentications per client address.
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses that spent their failures, until when. Checked before credentials are, so a
+    /// guesser learns nothing while throttled; pruned with the limiters.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -104,26 +110,19 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// Reads a `file:/path` reference, or returns the value itself.
-pub fn resolve_secret(value: &str) -> Result<String, String> {
-    match value.strip_prefix("file:") {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-            .map_err(|e| format!("reading {path}: {e}")),
-        None => Ok(value.to_owned()),
-    }
-}
-
 /// `sha256:<hex>` of a key, as `auth.api_keys[].hash` holds it.
 pub fn hash_key(key: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
 }
 
-fn limiter(limit: &RateLimit) -> DefaultKeyedRateLimiter<String> {
-    let period = Duration::from_secs_f64(1.0 / limit.per_second);
+fn limiter<K: std::hash::Hash + Eq + Clone>(limit: &RateLimit) -> DefaultKeyedRateLimiter<K> {
+    // Validation keeps the rate within a day and a nanosecond per cell; these fallbacks only
+    // guard against a panic should an unchecked value arrive.
+    let period =
+        Duration::try_from_secs_f64(1.0 / limit.per_second).unwrap_or(Duration::from_secs(86_400));
     let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
     let quota = Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
         .allow_burst(burst);
     RateLimiter::keyed(quota)
 }
@@ -141,16 +140,26 @@ impl Auth {
             Some(j) => {
                 let (algorithm, key) = match j.algorithm {
                     JwtAlgorithm::HS256 => {
-                        let secret = resolve_secret(j.secret.as_deref().unwrap_or_default())
-                            .map_err(|e| format!("auth.jwt.secret: {e}"))?;
+                        let secret =
+                            flotilla_spec::secret::resolve(j.secret.as_deref().unwrap_or_default())
+                                .map_err(|e| format!("auth.jwt.secret: {e}"))?;
+                        if secret.len() < flotilla_spec::secret::MIN_HMAC_SECRET {
+                            return Err(format!(
+                                "auth.jwt.secret is {} bytes; an HS256 secret needs at least {}",
+                                secret.len(),
+                                flotilla_spec::secret::MIN_HMAC_SECRET
+                            ));
+                        }
                         (
                             Algorithm::HS256,
                             DecodingKey::from_secret(secret.as_bytes()),
                         )
                     }
                     JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
-                        let pem = resolve_secret(j.public_key.as_deref().unwrap_or_default())
-                            .map_err(|e| format!("auth.jwt.public_key: {e}"))?;
+                        let pem = flotilla_spec::secret::resolve(
+                            j.public_key.as_deref().unwrap_or_default(),
+                        )
+                        .map_err(|e| format!("auth.jwt.public_key: {e}"))?;
                         let key = if j.algorithm == JwtAlgorithm::RS256 {
                             DecodingKey::from_rsa_pem(pem.as_bytes())
                         } else {
@@ -169,7 +178,16 @@ impl Auth {
                 };
                 let mut validation = Validation::new(algorithm);
                 validation.leeway = 5;
-                validation.set_required_spec_claims(&["exp"]);
+                validation.validate_nbf = true;
+                // A configured issuer or audience is required, not merely checked when present.
+                let mut required = vec!["exp"];
+                if j.issuer.is_some() {
+                    required.push("iss");
+                }
+                if j.audience.is_some() {
+                    required.push("aud");
+                }
+                validation.set_required_spec_claims(&required);
                 if let Some(iss) = &j.issuer {
                     validation.set_issuer(&[iss]);
                 }
@@ -196,6 +214,61 @@ impl Auth {
             jwt,
             protect_metrics: cfg.protect_metrics,
             limits: built,
+            failures: limiter(&limits.failed_auth),
+            blocked: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Forgets rate-limit state that no longer limits anyone: buckets refilled to full, and
+    /// blocks that expired. A server calls it on a timer so that the maps stay as large as
+    /// the set of recently active clients, not every address ever seen.
+    pub fn prune(&self) {
+        for l in self.limits.values() {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        self.failures.retain_recent();
+        self.failures.shrink_to_fit();
+        let now = Instant::now();
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        blocked.retain(|_, until| *until > now);
+        blocked.shrink_to_fit();
+    }
+
+    /// How many clients the limiters remember (for tests and metrics).
+    pub fn remembered(&self) -> usize {
+        self.limits.values().map(|l| l.len()).sum::<usize>() + self.failures.len()
+    }
+
+    /// 429 while `client` is throttled for failed authentications.
+    fn check_blocked(&self, client: IpAddr) -> Result<(), ApiError> {
+        let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        match blocked.get(&client) {
+            Some(until) if *until > Instant::now() => Err(ApiError::TooManyRequests {
+                retry_after: until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    .ceil()
+                    .max(1.0) as u64,
+                group: "failed_auth",
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication from `client`; past the allowance, blocks it.
+    fn failed(&self, client: IpAddr) -> Option<ApiError> {
+        let Err(not_until) = self.failures.check_key(&client) else {
+            return None;
+        };
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        self.blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client, Instant::now() + wait);
+        Some(ApiError::TooManyRequests {
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+            group: "failed_auth",
         })
     }
 
@@ -301,10 +374,11 @@ fn check(auth: &Arc<Auth>, req: &mut Request) -> Result<(), ApiError> {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
     let group = Group::of(req.method(), &route, auth.protect_metrics);
-    let client = req
+    let ip = req
         .extensions()
         .get::<ConnectInfo<crate::Peer>>()
-        .map_or_else(|| "unknown".to_owned(), |c| c.0.0.ip().to_string());
+        .map(|c| c.0.0.ip());
+    let client = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     if auth.mode == AuthMode::None {
         let principal = Principal {
             name: client.clone(),
@@ -320,7 +394,13 @@ fn check(auth: &Arc<Auth>, req: &mut Request) -> Result<(), ApiError> {
     if group == Group::Open {
         return Ok(());
     }
-    let principal = auth.identify(req)?;
+    if let Some(ip) = ip {
+        auth.check_blocked(ip)?;
+    }
+    let principal = match auth.identify(req) {
+        Ok(p) => p,
+        Err(e) => return Err(ip.and_then(|ip| auth.failed(ip)).unwrap_or(e)),
+    };
     let name = principal.as_ref().map_or(client, |p| p.name.clone());
     auth.admit(group, &name)?;
     let needed = group.needs().unwrap_or(Role::Viewer);

@@ -41,9 +41,15 @@ pub enum ApiError {
     /// 404.
     #[error("{0}")]
     NotFound(String),
+    /// 405: the route exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 409.
     #[error("{0}")]
     Conflict(String),
+    /// 414.
+    #[error("the request target is longer than the limit of {0} bytes")]
+    UriTooLong(usize),
     /// 413.
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(u64),
@@ -101,7 +107,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
@@ -171,7 +179,16 @@ impl From<EngineError> for ApiError {
                 details,
             },
             EngineError::BadRequest(m) => ApiError::bad_request(m),
-            EngineError::AlreadyFinished(..) => ApiError::Conflict(e.to_string()),
+            EngineError::AlreadyFinished(..) | EngineError::IdempotencyInProgress(_) => {
+                ApiError::Conflict(e.to_string())
+            }
+            EngineError::IdempotencyMismatch(_) => ApiError::Unprocessable {
+                message: e.to_string(),
+                details: vec![
+                    "an Idempotency-Key stands for one request: send a new key with a new body"
+                        .into(),
+                ],
+            },
             EngineError::ShuttingDown => ApiError::Unavailable {
                 kind: "shutting_down",
                 message: e.to_string(),

@@ -8,7 +8,11 @@
 //! ```no_run
 //! # async fn demo(state: flotilla_server::AppState) -> std::io::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! flotilla_server::serve(listener, state, std::future::pending(), std::time::Duration::from_secs(30)).await
+//! let limits = flotilla_server::ConnLimits {
+//!     header_read_timeout: std::time::Duration::from_secs(10),
+//!     max_connections: 10_000,
+//! };
+//! flotilla_server::serve(listener, state, std::future::pending(), std::time::Duration::from_secs(30), limits).await
 //! # }
 //! ```
 
@@ -20,7 +24,7 @@ pub mod routes;
 pub mod tls;
 
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,7 +33,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use flotilla_engine::Engine;
 use flotilla_engine::metrics::Metrics;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi as _;
@@ -67,8 +70,10 @@ pub struct AppShared {
     pub shutdown: watch::Receiver<bool>,
     /// Largest accepted body.
     pub body_limit: u64,
-    /// Longest a request may wait (`?wait=`).
+    /// Longest a request may take, `?wait=` included.
     pub request_timeout: Duration,
+    /// Largest list response body.
+    pub max_list_bytes: usize,
     /// Process start.
     pub started: Instant,
     /// Credentials, roles and rate limits.
@@ -82,20 +87,6 @@ pub struct AppShared {
 /// The client's address, as `ConnectInfo` sees it, whatever the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
 
 impl AppState {
     /// The engine, or 503 while starting.
@@ -186,6 +177,7 @@ pub fn router(state: AppState) -> Router {
     let (api, _) = routes().split_for_parts();
     let api = api
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::layer,
@@ -238,33 +230,120 @@ fn security_header(name: &'static str, value: &'static str) -> SetResponseHeader
     )
 }
 
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not answer {method}", uri.path()))
+}
+
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
 }
 
+/// Connection limits of [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Time a client has to send a request's headers; also how long an idle keep-alive
+    /// connection waits for its next request.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; the next one is closed when accepted.
+    pub max_connections: usize,
+}
+
 /// Serves until `shutdown` resolves, then stops accepting and waits up to `grace` for
 /// in-flight requests.
+///
+/// Each connection holds one of `limits.max_connections` permits for as long as it lives (a
+/// drop guard gives it back, however the connection ends); a client that sends no complete
+/// request head within `limits.header_read_timeout` is disconnected, which also bounds idle
+/// keep-alive connections. The rate-limit maps are pruned on a timer owned by this call.
 pub async fn serve<L>(
-    listener: L,
+    mut listener: L,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
+    limits: ConnLimits,
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-    Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    let (stopping_tx, mut stopping_rx) = watch::channel(false);
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::Service as _;
+
+    let auth = state.auth.clone();
     let app = router(state);
-    let app = app.into_make_service_with_connect_info::<Peer>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopping_tx.send(true);
-    });
-    let server = tokio::spawn(async move { server.await });
-    let _ = stopping_rx.wait_for(|s| *s).await;
-    match tokio::time::timeout(grace, server).await {
-        Ok(joined) => joined.map_err(std::io::Error::other)?,
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
+    let mut prune = tokio::time::interval(Duration::from_secs(10));
+    let mut refused_logged: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            _ = prune.tick() => {
+                auth.prune();
+                continue;
+            }
+            accepted = listener.accept() => accepted,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Over the cap: close at once rather than let the connection wait unserved.
+            if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection limit reached; closing new connections"
+                );
+                refused_logged = Some(Instant::now());
+            }
+            drop(io);
+            continue;
+        };
+        let app = app.clone();
+        let requested = Arc::new(AtomicBool::new(false));
+        let first = requested.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                first.store(true, Ordering::Relaxed);
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(Peer(peer)));
+                let mut app = app.clone();
+                async move { app.call(req.map(axum::body::Body::new)).await }
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let first_request = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::pin!(conn);
+            // hyper's header timer starts once it knows the protocol, which takes a first
+            // byte: a client that sends nothing at all is closed here.
+            let ended = tokio::select! {
+                ended = &mut conn => Some(ended),
+                () = tokio::time::sleep(first_request) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None if !requested.load(Ordering::Relaxed) => return,
+                None => conn.await,
+            };
+            if let Err(e) = ended {
+                tracing::trace!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => Ok(()),
         Err(_) => {
             tracing::warn!(grace = ?grace, "in-flight requests did not finish within the grace period");
             Ok(())

@@ -16,6 +16,9 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
 
+/// Longest request target (path and query) served; longer ones get a JSON 414.
+const MAX_URI: usize = 8 * 1024;
+
 tokio::task_local! {
     static REQUEST_ID: String;
 }
@@ -31,6 +34,28 @@ fn usable(id: &HeaderValue) -> Option<String> {
         .then(|| s.to_owned())
 }
 
+/// The method as a metric label: the standard ones by name, anything a client invents as
+/// `other`, so that a request cannot add series to `/metrics`.
+fn method_label(method: &axum::http::Method) -> String {
+    use axum::http::Method;
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::CONNECT,
+    ];
+    if known.contains(method) {
+        method.as_str().to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
 /// Takes the caller's `x-request-id` (or makes one), echoes it on the response, and counts
 /// the request in `http_requests_total` / `http_request_duration_seconds` by route template.
 pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -39,7 +64,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
         .get("x-request-id")
         .and_then(usable)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     req.extensions_mut().insert(BodyLimit(state.body_limit));
     let started = Instant::now();
     let declared = req
@@ -48,10 +73,12 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let limit = state.body_limit;
+    let uri_len = req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1);
     let mut resp = REQUEST_ID
         .scope(id.clone(), async move {
             // Refuse a body declared too large before reading any of it.
             match declared {
+                _ if uri_len > MAX_URI => ApiError::UriTooLong(MAX_URI).into_response(),
                 Some(len) if len > limit => ApiError::PayloadTooLarge(limit).into_response(),
                 _ => next.run(req).await,
             }
@@ -116,6 +143,22 @@ pub async fn route_template(req: Request, next: Next) -> Response {
     resp
 }
 
+/// When the request's `server.request_timeout` runs out; handlers that wait (`?wait=`) stop
+/// waiting before it, so that they can still answer with what they have.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub tokio::time::Instant);
+
+impl Deadline {
+    /// How long a handler may still wait and have time left to answer.
+    pub fn remaining(&self) -> std::time::Duration {
+        let left = self
+            .0
+            .saturating_duration_since(tokio::time::Instant::now());
+        // Leave a tenth (at most a second) to build and send the answer.
+        left.saturating_sub((left / 10).min(std::time::Duration::from_secs(1)))
+    }
+}
+
 /// Answers 504 when a request takes longer than `server.request_timeout`. The event stream
 /// is exempt: it lasts as long as its run.
 pub async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -127,6 +170,9 @@ pub async fn deadline(State(state): State<AppState>, req: Request, next: Next) -
         return next.run(req).await;
     }
     let limit = state.request_timeout;
+    let mut req = req;
+    req.extensions_mut()
+        .insert(Deadline(tokio::time::Instant::now() + limit));
     tokio::time::timeout(limit, next.run(req))
         .await
         .unwrap_or_else(|_| {

@@ -27,6 +27,7 @@ mod interpolate;
 mod load;
 mod model;
 pub mod redact;
+pub mod secret;
 pub mod template;
 mod units;
 mod validate;

@@ -84,6 +84,30 @@ pub struct ServerConfig {
     /// Serve HTTPS with these PEM files (reloaded when they change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection is kept open waiting for the next request.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// Connections served at once; one more is closed as soon as it is accepted. Keep it
+    /// below the process's open-file limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Largest response body of a list (`GET /api/v1/runs`); a page that would be larger is
+    /// cut short and says so with `next_cursor`.
+    #[serde(default = "default_max_list_bytes")]
+    pub max_list_bytes: ByteSize,
+}
+
+fn default_header_read_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+fn default_max_connections() -> u32 {
+    10_000
+}
+
+fn default_max_list_bytes() -> ByteSize {
+    ByteSize(4 * 1024 * 1024)
 }
 
 /// `server.tls:` settings.
@@ -118,6 +142,9 @@ impl Default for ServerConfig {
             request_timeout: default_request_timeout(),
             cors_origins: Vec::new(),
             tls: None,
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_max_connections(),
+            max_list_bytes: default_max_list_bytes(),
         }
     }
 }
@@ -494,7 +521,7 @@ pub struct RateLimit {
 }
 
 /// `rate_limits:` settings: per principal (key name, token subject, or client IP).
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Every route group without its own limit.
@@ -503,6 +530,28 @@ pub struct RateLimitConfig {
     /// Per route group: `read`, `operate`, `admin`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub groups: BTreeMap<String, RateLimit>,
+    /// Failed authentications per client address (default 0.2/s, burst 10): past it, the
+    /// address gets 429 before its credentials are even looked at, so keys cannot be guessed
+    /// at speed.
+    #[serde(default = "default_failed_auth")]
+    pub failed_auth: RateLimit,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            default: None,
+            groups: BTreeMap::new(),
+            failed_auth: default_failed_auth(),
+        }
+    }
+}
+
+fn default_failed_auth() -> RateLimit {
+    RateLimit {
+        per_second: 0.2,
+        burst: 10,
+    }
 }
 
 /// `llm:` settings.
@@ -566,6 +615,45 @@ pub enum AgentKind {
     Llm,
 }
 
+/// What a builtin template renders.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateFormat {
+    /// A JSON document, with every interpolated value JSON-encoded.
+    Json,
+    /// Plain text.
+    Text,
+}
+
+impl TemplateFormat {
+    /// The format a template is rendered in: the one given, else `json` when its text
+    /// (outside `{% … %}` and `{# … #}` tags) starts with `{` (not `{{`) or `[`.
+    pub fn of(template: &str, given: Option<TemplateFormat>) -> TemplateFormat {
+        if let Some(f) = given {
+            return f;
+        }
+        let mut rest = template.trim_start();
+        loop {
+            let tag_end = if rest.starts_with("{%") {
+                rest.find("%}")
+            } else if rest.starts_with("{#") {
+                rest.find("#}")
+            } else {
+                break;
+            };
+            match tag_end {
+                Some(i) => rest = rest[i + 2..].trim_start(),
+                None => break,
+            }
+        }
+        if (rest.starts_with('{') && !rest.starts_with("{{")) || rest.starts_with('[') {
+            TemplateFormat::Json
+        } else {
+            TemplateFormat::Text
+        }
+    }
+}
+
 /// The builtin behaviours.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -610,9 +698,14 @@ pub struct AgentConfig {
     /// builtin: which behaviour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<BuiltinKind>,
-    /// builtin template: a minijinja template; its rendering is the output (JSON if it parses).
+    /// builtin template: a minijinja template; its rendering is the output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// builtin template: `json` (every `{{ … }}` is written as a JSON value, so input cannot
+    /// break out of a string, and the rendering must parse as JSON) or `text` (the output is
+    /// the rendered string). Default: `json` when the template's text starts with `{` or `[`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<TemplateFormat>,
     /// builtin sleep: how long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<Dur>,

@@ -20,6 +20,27 @@ fn env() -> &'static Environment<'static> {
     })
 }
 
+/// The environment of JSON templates: `{{ x }}` writes `x` as a JSON value (a string
+/// quoted and escaped), so interpolated data can never add fields.
+fn json_env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::Json);
+        env
+    })
+}
+
+/// Renders a JSON template (see [`json_env`]) and parses the result.
+pub fn render_json(template: &str, ctx: &minijinja::Value) -> Result<Value> {
+    let text = json_env()
+        .render_str(template, ctx)
+        .map_err(template_error)?;
+    serde_json::from_str(text.trim())
+        .map_err(|e| SpecError::Template(format!("the template did not render valid JSON: {e}")))
+}
+
 /// Whether a string holds template syntax at all.
 pub fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%")

@@ -20,6 +20,23 @@ impl Dur {
     }
 }
 
+impl Dur {
+    /// The longest duration a setting may hold: beyond it, deadlines computed from the
+    /// duration would overflow the clock.
+    pub const MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+    fn bounded<E: de::Error>(d: Duration) -> Result<Dur, E> {
+        if d > Dur::MAX {
+            Err(E::custom(format!(
+                "a duration of {} is longer than the 100 years a setting may hold",
+                humantime::format_duration(d)
+            )))
+        } else {
+            Ok(Dur(d))
+        }
+    }
+}
+
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", humantime::format_duration(self.0))
@@ -41,22 +58,22 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as `30s`, `5m` or `250ms`")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
-                Ok(Dur(Duration::from_secs(v)))
+                Dur::bounded(Duration::from_secs(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
                 u64::try_from(v)
-                    .map(|v| Dur(Duration::from_secs(v)))
                     .map_err(|_| E::custom("a duration cannot be negative"))
+                    .and_then(|v| self.visit_u64(v))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
                 Duration::try_from_secs_f64(v)
-                    .map(Dur)
                     .map_err(|_| E::custom("a duration must be a non-negative number of seconds"))
+                    .and_then(Dur::bounded)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
                 humantime::parse_duration(v.trim())
-                    .map(Dur)
                     .map_err(|e| E::custom(format!("invalid duration `{v}`: {e}")))
+                    .and_then(Dur::bounded)
             }
         }
         d.deserialize_any(V)

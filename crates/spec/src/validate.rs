@@ -53,6 +53,18 @@ pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
             ),
         );
     }
+    if config.server.max_connections == 0 {
+        c.err(
+            "server.max_connections",
+            "server.max_connections must be at least 1",
+        );
+    }
+    if config.server.header_read_timeout.0.is_zero() {
+        c.err("server.header_read_timeout", "must be longer than 0s");
+    }
+    if config.server.request_timeout.0.is_zero() {
+        c.err("server.request_timeout", "must be longer than 0s");
+    }
     if config.engine.claim_interval.0 * 2 >= config.engine.lease.0 {
         c.err("engine.lease", "engine.lease must be more than twice engine.claim_interval, or leases lapse between renewals");
     }
@@ -99,9 +111,10 @@ fn check_agent(c: &mut Checker<'_>, config: &Config, name: &str, a: &AgentConfig
         AgentKind::Command => "command",
         AgentKind::Llm => "llm",
     };
-    let owned: [(&str, bool, AgentKind); 13] = [
+    let owned: [(&str, bool, AgentKind); 14] = [
         ("builtin", a.builtin.is_some(), AgentKind::Builtin),
         ("template", a.template.is_some(), AgentKind::Builtin),
+        ("format", a.format.is_some(), AgentKind::Builtin),
         ("delay", a.delay.is_some(), AgentKind::Builtin),
         ("failure_rate", a.failure_rate.is_some(), AgentKind::Builtin),
         ("endpoints", !a.endpoints.is_empty(), AgentKind::Http),
@@ -620,6 +633,9 @@ fn check_observability(c: &mut Checker<'_>, config: &Config) {
     }
 }
 
+/// Rates a limit may take: from one a day to a billion a second.
+const RATE_RANGE: std::ops::RangeInclusive<f64> = (1.0 / 86_400.0)..=1e9;
+
 fn check_auth(c: &mut Checker<'_>, config: &Config) {
     use crate::model::{AuthMode, JwtAlgorithm};
     let auth = &config.auth;
@@ -652,6 +668,20 @@ fn check_auth(c: &mut Checker<'_>, config: &Config) {
             JwtAlgorithm::HS256 if jwt.secret.as_deref().is_none_or(str::is_empty) => {
                 c.err("auth.jwt.algorithm", "HS256 needs auth.jwt.secret")
             }
+            JwtAlgorithm::HS256 => {
+                match crate::secret::resolve(jwt.secret.as_deref().unwrap_or_default()) {
+                    Err(e) => c.err("auth.jwt.secret", format!("auth.jwt.secret: {e}")),
+                    Ok(s) if s.len() < crate::secret::MIN_HMAC_SECRET => c.err(
+                        "auth.jwt.secret",
+                        format!(
+                            "auth.jwt.secret is {} bytes (after trimming white space); an HS256 secret needs at least {}",
+                            s.len(),
+                            crate::secret::MIN_HMAC_SECRET
+                        ),
+                    ),
+                    Ok(_) => {}
+                }
+            }
             JwtAlgorithm::RS256 | JwtAlgorithm::ES256 if jwt.public_key.is_none() => c.err(
                 "auth.jwt.algorithm",
                 "RS256 and ES256 need auth.jwt.public_key",
@@ -669,9 +699,20 @@ fn check_auth(c: &mut Checker<'_>, config: &Config) {
         .groups
         .iter()
         .map(|(g, l)| (child_key("rate_limits.groups", g), l));
-    for (path, limit) in limits.chain(groups) {
-        if !limit.per_second.is_finite() || limit.per_second <= 0.0 || limit.burst == 0 {
-            c.err(&path, "a rate limit needs per_second > 0 and burst >= 1");
+    let failed = std::iter::once((
+        "rate_limits.failed_auth".to_owned(),
+        &config.rate_limits.failed_auth,
+    ));
+    for (path, limit) in limits.chain(groups).chain(failed) {
+        if !(RATE_RANGE.contains(&limit.per_second) && (1..=1_000_000).contains(&limit.burst)) {
+            c.err(
+                &path,
+                format!(
+                    "a rate limit needs per_second between {} (one a day) and {} and burst between 1 and 1000000",
+                    RATE_RANGE.start(),
+                    RATE_RANGE.end()
+                ),
+            );
         }
     }
     for group in config.rate_limits.groups.keys() {

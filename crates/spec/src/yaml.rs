@@ -57,13 +57,36 @@ pub fn child_index(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
 }
 
-/// Parses one YAML document. Problems (syntax, missing variables) are all returned.
+/// Largest YAML text read.
+pub const MAX_TEXT: usize = 16 * 1024 * 1024;
+
+/// Most nodes a document may expand to, aliases counted at every use: a few hundred bytes
+/// of nested aliases ("billion laughs") would otherwise expand to gigabytes.
+pub const MAX_NODES: usize = 1_000_000;
+
+/// Parses one YAML document. Problems (syntax, missing variables, a text or an alias
+/// expansion over the limits) are all returned.
 pub fn parse(
     file: &str,
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Value, SpanIndex), Vec<Diagnostic>> {
+    if text.len() > MAX_TEXT {
+        return Err(vec![Diagnostic {
+            origin: Some(Origin::File {
+                file: file.to_owned(),
+                line: 1,
+                col: 1,
+            }),
+            message: format!(
+                "the file is {} bytes; YAML files are read up to {MAX_TEXT}",
+                text.len()
+            ),
+        }]);
+    }
     let mut walker = Walker {
+        nodes: 0,
+        over: false,
         file,
         lookup,
         events: Vec::new(),
@@ -113,9 +136,13 @@ struct Walker<'a, 'input> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
     events: Vec<(Event<'input>, Span)>,
     pos: usize,
-    anchors: HashMap<usize, Value>,
+    anchors: HashMap<usize, (Value, usize)>,
     index: SpanIndex,
     diags: Vec<Diagnostic>,
+    /// Nodes produced so far, aliases counted at every use.
+    nodes: usize,
+    /// Whether [`MAX_NODES`] was passed (reported once).
+    over: bool,
 }
 
 impl Walker<'_, '_> {
@@ -127,9 +154,32 @@ impl Walker<'_, '_> {
         }
     }
 
+    /// Counts `n` more nodes; past the limit, reports it once and returns false.
+    fn count(&mut self, n: usize, span: &Span) -> bool {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            if !self.over {
+                self.over = true;
+                self.diags.push(Diagnostic {
+                    origin: Some(self.origin(span)),
+                    message: format!(
+                        "the document expands to more than {MAX_NODES} nodes (aliases are counted at every use)"
+                    ),
+                });
+            }
+            return false;
+        }
+        true
+    }
+
     fn node(&mut self, path: &str) -> Value {
         let (event, span) = self.events[self.pos].clone();
         self.pos += 1;
+        let before = self.nodes;
+        if !matches!(event, Event::Alias(_)) {
+            // Past the limit the walk goes on, so that events stay paired, but builds nothing.
+            self.count(1, &span);
+        }
         if !self.index.map.contains_key(path) {
             let origin = self.origin(&span);
             self.index.map.insert(path.to_owned(), origin);
@@ -161,7 +211,7 @@ impl Walker<'_, '_> {
                     Value::String(text)
                 };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
+                    self.anchors.insert(anchor, (v.clone(), 1));
                 }
                 v
             }
@@ -172,9 +222,14 @@ impl Walker<'_, '_> {
                     items.push(self.node(&p));
                 }
                 self.pos += 1;
-                let v = Value::Array(items);
+                let v = if self.over {
+                    Value::Null
+                } else {
+                    Value::Array(items)
+                };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
+                    self.anchors
+                        .insert(anchor, (v.clone(), self.nodes - before));
                 }
                 v
             }
@@ -223,13 +278,24 @@ impl Walker<'_, '_> {
                     map.insert(key, value);
                 }
                 self.pos += 1;
-                let v = Value::Object(map);
+                let v = if self.over {
+                    Value::Null
+                } else {
+                    Value::Object(map)
+                };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
+                    self.anchors
+                        .insert(anchor, (v.clone(), self.nodes - before));
                 }
                 v
             }
-            Event::Alias(id) => self.anchors.get(&id).cloned().unwrap_or(Value::Null),
+            Event::Alias(id) => match self.anchors.get(&id) {
+                Some((v, n)) => {
+                    let (v, n) = (v.clone(), *n);
+                    if self.count(n, &span) { v } else { Value::Null }
+                }
+                None => Value::Null,
+            },
             _ => Value::Null,
         }
     }

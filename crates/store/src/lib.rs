@@ -71,7 +71,7 @@ pub trait Store: Send + Sync + 'static {
     /// A run with its steps.
     async fn run(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Runs, newest first.
-    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>>;
+    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>>;
     /// Runs that are queued or running, with their steps.
     async fn unfinished_runs(&self) -> Result<Vec<RunRecord>>;
     /// A pinned definition by hash.

@@ -277,6 +277,44 @@ pub enum Write {
     Event(EventRecord),
 }
 
+/// A run as lists show it: no input, output or steps, whose size the caller controls;
+/// `GET /api/v1/runs/{id}` has those.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RunSummary {
+    /// Run id.
+    pub id: String,
+    /// Workflow or task.
+    pub kind: RunKind,
+    /// Workflow name.
+    pub workflow: String,
+    /// Hash of the pinned definition.
+    pub definition_hash: String,
+    /// Where it is.
+    pub status: RunStatus,
+    /// Priority name.
+    pub priority: String,
+    /// Caller metadata (at most [`RunSummary::MAX_METADATA`] bytes of JSON; larger is shown
+    /// as null here).
+    pub metadata: Value,
+    /// Why it failed (at most [`RunSummary::MAX_ERROR`] characters here).
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+    /// Unix milliseconds.
+    pub finished_at: Option<i64>,
+    /// SLA deadline, unix milliseconds.
+    pub deadline_at: Option<i64>,
+}
+
+impl RunSummary {
+    /// Largest metadata a summary carries.
+    pub const MAX_METADATA: usize = 16 * 1024;
+    /// Longest error a summary carries.
+    pub const MAX_ERROR: usize = 1024;
+}
+
 /// Filters for listing runs, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct RunQuery {

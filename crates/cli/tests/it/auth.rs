@@ -10,7 +10,7 @@ use crate::app::{TestApp, flotilla, metric, spawn_app};
 const VIEWER: &str = "flk_viewer_key_for_tests";
 const OPERATOR: &str = "flk_operator_key_for_tests";
 const ADMIN: &str = "flk_admin_key_for_tests";
-const SECRET: &str = "hs256-test-secret-canary-7731";
+const SECRET: &str = "hs256-test-secret-canary-7731-long-enough";
 
 fn hash(key: &str) -> String {
     flotilla_server::auth::hash_key(key)

@@ -10,6 +10,7 @@ mod durability;
 mod engine;
 mod fakes;
 mod flags;
+mod hostile;
 mod mlflow;
 mod outage;
 mod pg;

@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::app::{flotilla, spawn_app_in};
 use crate::fakes::fake_llm;
 
-const CANARY: &str = "canary-5f1d9c2e-secret";
+const CANARY: &str = "canary-5f1d9c2e-secret-long-enough-for-hs256";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_canary_secret_appears_nowhere() {

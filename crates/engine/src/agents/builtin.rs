@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flotilla_spec::{AgentConfig, BuiltinKind, template};
+use flotilla_spec::{AgentConfig, BuiltinKind, TemplateFormat, template};
 use serde_json::{Value, json};
 
 use super::{Agent, AgentError, AgentRequest, AgentResponse};
@@ -11,6 +11,7 @@ use super::{Agent, AgentError, AgentRequest, AgentResponse};
 pub(super) struct Builtin {
     kind: BuiltinKind,
     template: Option<String>,
+    format: TemplateFormat,
     delay: Option<Duration>,
     failure_rate: f64,
 }
@@ -20,6 +21,7 @@ impl Builtin {
         Self {
             kind: cfg.builtin.unwrap_or(BuiltinKind::Echo),
             template: cfg.template.clone(),
+            format: TemplateFormat::of(cfg.template.as_deref().unwrap_or(""), cfg.format),
             delay: cfg.delay.map(|d| d.0),
             failure_rate: cfg.failure_rate.unwrap_or(1.0),
         }
@@ -40,11 +42,12 @@ impl Agent for Builtin {
                     "step_id": req.step_id,
                     "attempt": req.attempt,
                 }));
-                let text = template::render_str(self.template.as_deref().unwrap_or(""), &ctx)
-                    .map_err(|e| AgentError::permanent(e.to_string()))?;
-                // A template that renders JSON yields structured output.
-                let output =
-                    serde_json::from_str::<Value>(text.trim()).unwrap_or(Value::String(text));
+                let source = self.template.as_deref().unwrap_or("");
+                let output = match self.format {
+                    TemplateFormat::Json => template::render_json(source, &ctx),
+                    TemplateFormat::Text => template::render_str(source, &ctx).map(Value::String),
+                }
+                .map_err(|e| AgentError::permanent(e.to_string()))?;
                 Ok(AgentResponse::output(output))
             }
             BuiltinKind::Sleep => {

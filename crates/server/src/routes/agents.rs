@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, NoQuery};
 
 /// Every agent, configured and registered.
 #[derive(Debug, Serialize, ToSchema)]
@@ -25,7 +25,7 @@ pub struct AgentList {
 #[utoipa::path(get, path = "/api/v1/agents", operation_id = "listAgents", tag = "agents",
     responses((status = 200, description = "Every agent", body = AgentList),
         (status = "default", description = "An error", body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<AgentList>, ApiError> {
+pub async fn list(State(state): State<AppState>, _: NoQuery) -> Result<Json<AgentList>, ApiError> {
     let engine = state.engine()?;
     let agents = engine.agents();
     let healthy = agents.iter().filter(|a| a.status == "healthy").count();
@@ -44,6 +44,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<AgentList>, ApiE
         (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
+    _: NoQuery,
     ApiJson(reg): ApiJson<Registration>,
 ) -> Result<Json<AgentStatus>, ApiError> {
     let engine = state.engine()?;

@@ -6,15 +6,17 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use flotilla_store::EventRecord;
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::extract::{ApiPath, NoQuery};
 
 /// One server-sent event, as a client's parser sees it.
 #[derive(utoipa::ToSchema)]
@@ -40,10 +42,71 @@ fn to_sse(e: &EventRecord) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserializable event"))
 }
 
+/// The live part of a stream: events from the broadcast, and from the store when this
+/// subscriber fell behind the broadcast (it is told so with a `lagged` event, then gets what
+/// it missed in order).
+struct Follow {
+    live: BroadcastStream<EventRecord>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    engine: flotilla_engine::Engine,
+    run_id: String,
+    last_seq: i64,
+    done: bool,
+    backlog: std::collections::VecDeque<EventRecord>,
+}
+
+impl Follow {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Follow)> {
+        loop {
+            if let Some(e) = self.backlog.pop_front() {
+                return Some(self.emit(&e));
+            }
+            if self.done {
+                return None;
+            }
+            let next = tokio::select! {
+                next = self.live.next() => next?,
+                _ = self.shutdown.wait_for(|s| *s) => return None,
+            };
+            match next {
+                Ok(e) if e.run_id == self.run_id && e.seq > self.last_seq => {
+                    return Some(self.emit(&e));
+                }
+                Ok(_) => {}
+                Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                    // Catch up from the store, which has every event in order.
+                    let Ok(stored) = self.engine.events(&self.run_id, self.last_seq).await else {
+                        return None;
+                    };
+                    self.backlog.extend(stored);
+                    let marker = Event::default().event("lagged").data(
+                        serde_json::json!({
+                            "missed_live_events": missed,
+                            "resumed_from_store_after": self.last_seq,
+                        })
+                        .to_string(),
+                    );
+                    return Some((Ok(marker), self));
+                }
+            }
+        }
+    }
+
+    fn emit(mut self, e: &EventRecord) -> (Result<Event, Infallible>, Follow) {
+        self.last_seq = e.seq;
+        if e.kind == "run_finished" {
+            self.done = true;
+            self.backlog.clear();
+        }
+        (Ok(to_sse(e)), self)
+    }
+}
+
 /// Server-sent events of a run's transitions.
 ///
 /// Each event's `id` is its sequence number; reconnect with `Last-Event-ID` to resume. The
-/// stream ends after `run_finished`.
+/// stream ends after `run_finished` (at once for a finished run). A subscriber that falls
+/// behind gets a `lagged` event, then the events it missed, read from the store.
 #[utoipa::path(get, path = "/api/v1/runs/{id}/events", operation_id = "streamRunEvents", tag = "runs",
     params(("id" = String, Path, description = "Run id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this sequence number")),
@@ -51,7 +114,8 @@ fn to_sse(e: &EventRecord) -> Event {
         (status = "default", description = "An error", body = crate::error::ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
+    _: NoQuery,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let engine = state.engine()?.clone();
@@ -68,32 +132,21 @@ pub async fn stream(
         .unwrap_or(0);
     let stored = engine.events(&id, after).await?;
     let last_seq = stored.last().map_or(after, |e| e.seq);
-    let finished = run.status.is_terminal() && !engine.is_active(&id)
-        || stored.iter().any(|e| e.kind == "run_finished");
+    // The store holds every event of a run it shows as finished (the last one is committed
+    // with the status): replay them and end, wherever `Last-Event-ID` pointed.
+    let finished = run.status.is_terminal() || stored.iter().any(|e| e.kind == "run_finished");
     let replay = stream::iter(stored.iter().map(|e| Ok(to_sse(e))).collect::<Vec<_>>());
-    let shutdown = state.shutdown.clone();
     let follow = stream::unfold(
-        (live, shutdown, finished),
-        move |(mut live, mut shutdown, done)| {
-            let run_id = id.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                loop {
-                    let next = tokio::select! {
-                        next = live.next() => next?,
-                        _ = shutdown.wait_for(|s| *s) => return None,
-                    };
-                    // A lagging receiver skips what it missed; the client can resume with Last-Event-ID.
-                    let Ok(e) = next else { continue };
-                    if e.run_id == run_id && e.seq > last_seq {
-                        let end = e.kind == "run_finished";
-                        return Some((Ok(to_sse(&e)), (live, shutdown, end)));
-                    }
-                }
-            }
+        Follow {
+            live,
+            shutdown: state.shutdown.clone(),
+            engine,
+            run_id: id,
+            last_seq,
+            done: finished,
+            backlog: std::collections::VecDeque::new(),
         },
+        Follow::next,
     );
     Ok(Sse::new(replay.chain(follow))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_flags::{Context, FlagInfo, FlagSet, Reason};
@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiPath;
 
 /// A flag as listed.
 #[derive(Debug, Serialize, ToSchema)]
@@ -225,7 +226,7 @@ fn evaluate(
         (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn ofrep_one(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
     body: Bytes,
 ) -> Response {
     let set = match state.engine() {

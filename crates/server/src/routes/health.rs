@@ -36,6 +36,16 @@ pub struct Components {
     /// Runs in flight, once the engine started.
     #[serde(skip_serializing_if = "Option::is_none")]
     runs: Option<RunsHealth>,
+    /// The rate limiters' memory.
+    rate_limits: RateLimitsHealth,
+}
+
+/// The rate limiters at a glance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RateLimitsHealth {
+    /// Clients (principals and addresses) whose buckets are remembered; idle ones are
+    /// forgotten every few seconds.
+    tracked_clients: usize,
 }
 
 /// The store's answer to a ping.
@@ -89,6 +99,9 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         },
         agents: None,
         runs: None,
+        rate_limits: RateLimitsHealth {
+            tracked_clients: state.auth.remembered(),
+        },
     };
     if let Some(engine) = state.engine.get() {
         let started = Instant::now();

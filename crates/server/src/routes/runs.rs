@@ -1,12 +1,12 @@
 //! Workflow runs: start, list, inspect, cancel.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use flotilla_engine::Submission;
+use flotilla_engine::{Idempotency, Submission};
 use flotilla_spec::Priority;
-use flotilla_store::{RunQuery, RunRecord, RunStatus};
+use flotilla_store::{RunQuery, RunRecord, RunStatus, RunSummary};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::parse_wait;
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, NoQuery};
 
 /// Body of `POST /api/v1/workflows/{name}/runs`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -33,6 +33,7 @@ pub struct StartBody {
 /// Query of `POST /api/v1/workflows/{name}/runs`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// Wait up to this long for the run to finish: `500ms`, `30s`, `2m`, or a number of seconds.
     #[param(pattern = r"^[0-9]{1,9}(ms|s|m)?$")]
@@ -61,8 +62,11 @@ pub enum Started {
 /// Start a run.
 ///
 /// 202 `{run_id, status}` once the run is durable; with `?wait=`, 200 and the finished run
-/// (202 and the run so far if it is still going). An `Idempotency-Key` seen before returns
-/// the first run, with `Idempotent-Replayed: true`.
+/// (202 and the run so far if it is still going when the wait, or `server.request_timeout`,
+/// ends). An `Idempotency-Key` is scoped to the caller and the workflow: repeated with the
+/// same body after the first run finished, it returns that run with
+/// `Idempotent-Replayed: true`; with another body, 422; while the first run is in progress,
+/// 409.
 #[utoipa::path(post, path = "/api/v1/workflows/{name}/runs", operation_id = "startRun", tag = "runs", request_body = StartBody,
     params(("name" = String, Path, description = "Workflow name"), WaitQuery,
         ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
@@ -71,14 +75,16 @@ pub enum Started {
         (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<WaitQuery>,
     headers: HeaderMap,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+    deadline: Option<axum::Extension<crate::observe::Deadline>>,
     ApiJson(body): ApiJson<StartBody>,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     let wait = q.wait.as_deref().map(parse_wait).transpose()?;
-    let idempotency_key = match headers.get("idempotency-key") {
+    let idempotency = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
             let k = v
@@ -89,14 +95,18 @@ pub async fn start(
                     "Idempotency-Key must be 1 to 255 characters",
                 ));
             }
-            Some(k.to_owned())
+            Some(Idempotency {
+                principal: principal.map(|p| p.0.name).unwrap_or_default(),
+                key: k.to_owned(),
+            })
         }
     };
     let sub = Submission {
         input: body.input,
         priority: body.priority,
         metadata: body.metadata,
-        idempotency_key,
+        idempotency,
+        id: None,
     };
     let submitted = engine.submit(&name, sub).await?;
     let replay = [(
@@ -104,7 +114,12 @@ pub async fn start(
         if submitted.existing { "true" } else { "false" },
     )];
     if let Some(wait) = wait {
-        let wait = wait.min(state.request_timeout);
+        // The run exists now: answer with its id (202) when the wait or the request's own
+        // deadline ends first, never with a bare 504 that invites a duplicate.
+        let wait = match deadline {
+            Some(d) => wait.min(d.0.remaining()),
+            None => wait.min(state.request_timeout),
+        };
         let run = engine.wait(&submitted.run_id, wait).await?;
         let code = if run.status.is_terminal() {
             StatusCode::OK
@@ -144,9 +159,10 @@ pub struct ListQuery {
 /// A page of runs.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunList {
-    /// Newest first.
-    runs: Vec<RunRecord>,
-    /// Pass as `cursor` for the next page; null on the last.
+    /// Newest first, as summaries (`GET /api/v1/runs/{id}` has input, output and steps).
+    runs: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page; null on the last. A page is cut short, with a
+    /// cursor, when it would exceed `server.max_list_bytes`.
     next_cursor: Option<String>,
 }
 
@@ -164,7 +180,7 @@ pub async fn list(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 500"));
     }
-    let runs = engine
+    let mut runs = engine
         .list(&RunQuery {
             workflow: q.workflow,
             status,
@@ -172,9 +188,17 @@ pub async fn list(
             before: q.cursor,
         })
         .await?;
-    let next = (runs.len() == limit as usize)
-        .then(|| runs.last().map(|r| r.id.clone()))
-        .flatten();
+    let mut full = runs.len() == limit as usize;
+    // Cut the page where it would pass the response cap; the cursor picks up from there.
+    let mut bytes = 0usize;
+    if let Some(cut) = runs.iter().position(|r| {
+        bytes += serde_json::to_vec(r).map_or(0, |v| v.len() + 1);
+        bytes > state.max_list_bytes
+    }) {
+        runs.truncate(cut.max(1));
+        full = true;
+    }
+    let next = full.then(|| runs.last().map(|r| r.id.clone())).flatten();
     Ok(Json(RunList {
         runs,
         next_cursor: next,
@@ -188,7 +212,8 @@ pub async fn list(
         (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
+    _: NoQuery,
 ) -> Result<Json<RunRecord>, ApiError> {
     let engine = state.engine()?;
     let run = engine
@@ -198,14 +223,16 @@ pub async fn get(
     Ok(Json(run))
 }
 
-/// Cancel a run: compensation runs for what succeeded; 409 when it already finished.
+/// Cancel a run: steps in flight are stopped and nothing further runs (no compensation: a
+/// cancel is the caller's decision, not a failure); 409 when it already finished.
 #[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", operation_id = "cancelRun", tag = "runs",
     params(("id" = String, Path, description = "Run id")),
     responses((status = 200, description = "The run, cancelled", body = RunRecord),
         (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
+    _: NoQuery,
 ) -> Result<Json<RunRecord>, ApiError> {
     let engine = state.engine()?;
     Ok(Json(engine.cancel(&id).await?))
@@ -222,7 +249,10 @@ pub struct WorkflowList {
 #[utoipa::path(get, path = "/api/v1/workflows", operation_id = "listWorkflows", tag = "runs",
     responses((status = 200, description = "Workflow names", body = WorkflowList),
         (status = "default", description = "An error", body = ErrorBody)))]
-pub async fn workflows(State(state): State<AppState>) -> Result<Json<WorkflowList>, ApiError> {
+pub async fn workflows(
+    State(state): State<AppState>,
+    _: NoQuery,
+) -> Result<Json<WorkflowList>, ApiError> {
     let engine = state.engine()?;
     Ok(Json(WorkflowList {
         workflows: engine.workflow_names(),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use flotilla_engine::metrics::StatusLabels;
 use flotilla_engine::{TaskRequest, TaskResult};
 use flotilla_spec::Priority;
@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::rfc3339;
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath, NoQuery};
 
 /// Limits of seed 003.
 const MAX_INPUT_CHARS: usize = 10_000;
@@ -117,6 +117,7 @@ impl TaskBody {
             priority: self.priority,
             timeout: self.timeout.map(Duration::from_millis),
             metadata: self.metadata,
+            id: None,
         }
     }
 }
@@ -156,6 +157,7 @@ fn settle(result: TaskResult) -> Result<TaskResponse, ApiError> {
         (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn execute(
     State(state): State<AppState>,
+    _: NoQuery,
     ApiJson(body): ApiJson<TaskBody>,
 ) -> Result<Json<TaskResponse>, ApiError> {
     let engine = state.engine()?;
@@ -183,10 +185,12 @@ pub struct BatchBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchItem {
+    /// The task's position in the request, from 0.
+    task_index: usize,
     /// `fulfilled` or `rejected`.
     status: &'static str,
-    /// The task's id, when it ran.
-    task_id: Option<String>,
+    /// The task's id (given to every task before it runs, so a rejected one has it too).
+    task_id: String,
     /// The result, when fulfilled.
     result: Option<TaskResponse>,
     /// Why it was rejected.
@@ -207,6 +211,8 @@ pub struct BatchResponse {
     error_count: u64,
     /// One entry per task, in order.
     results: Vec<BatchItem>,
+    /// When the batch settled (RFC 3339).
+    timestamp: String,
 }
 
 /// Run 1-100 tasks, each settled on its own.
@@ -215,6 +221,7 @@ pub struct BatchResponse {
         (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn batch(
     State(state): State<AppState>,
+    _: NoQuery,
     ApiJson(body): ApiJson<BatchBody>,
 ) -> Result<Json<BatchResponse>, ApiError> {
     let engine = state.engine()?;
@@ -238,33 +245,39 @@ pub async fn batch(
         });
     }
     let total = tasks.len();
-    let outcomes = futures_util::future::join_all(tasks.into_iter().map(|t| {
+    let outcomes = futures_util::future::join_all(tasks.into_iter().map(|mut t| {
         let engine = engine.clone();
+        let id = uuid::Uuid::now_v7().to_string();
+        t.id = Some(id.clone());
         async move {
-            engine
+            let settled = engine
                 .execute(t)
                 .await
                 .map_err(ApiError::from)
-                .and_then(settle)
+                .and_then(settle);
+            (id, settled)
         }
     }))
     .await;
     let mut ok = 0u64;
     let results: Vec<BatchItem> = outcomes
         .into_iter()
-        .map(|r| match r {
+        .enumerate()
+        .map(|(task_index, (task_id, r))| match r {
             Ok(v) => {
                 ok += 1;
                 BatchItem {
+                    task_index,
                     status: "fulfilled",
-                    task_id: Some(v.task_id.clone()),
+                    task_id,
                     result: Some(v),
                     error: None,
                 }
             }
             Err(e) => BatchItem {
+                task_index,
                 status: "rejected",
-                task_id: None,
+                task_id,
                 result: None,
                 error: Some(e.to_string()),
             },
@@ -288,6 +301,7 @@ pub async fn batch(
         success_count: ok,
         error_count: errors,
         results,
+        timestamp: rfc3339(flotilla_engine::now_ms()),
     }))
 }
 
@@ -322,7 +336,8 @@ pub struct StatusResponse {
         (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
+    _: NoQuery,
 ) -> Result<Json<StatusResponse>, ApiError> {
     let engine = state.engine()?;
     let run = engine

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::record::{CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, Write, usage_json};
+use crate::record::{
+    CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, RunSummary, Write, usage_json,
+};
 use crate::{Result, Store, StoreError};
 
 /// How the PostgreSQL store is opened.
@@ -377,7 +379,7 @@ impl Store for PostgresStore {
         read::run(&self.pool, id).await
     }
 
-    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
+    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>> {
         read::list(&self.pool, query).await
     }
 

@@ -4,7 +4,9 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 
-use crate::record::{EventRecord, RunKind, RunQuery, RunRecord, RunStatus, StepRecord, StepStatus};
+use crate::record::{
+    EventRecord, RunKind, RunQuery, RunRecord, RunStatus, RunSummary, StepRecord, StepStatus,
+};
 use crate::record::{parse_json as json, parse_usage};
 use crate::{Result, StoreError};
 
@@ -87,20 +89,44 @@ pub(super) async fn run(pool: &PgPool, id: &str) -> Result<Option<RunRecord>> {
     Ok(with_steps(pool, rows).await?.pop())
 }
 
-pub(super) async fn list(pool: &PgPool, q: &RunQuery) -> Result<Vec<RunRecord>> {
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        run_columns!(),
-        " FROM runs WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
-           AND ($3::text IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
-    ))
+/// Summaries only: input, output and steps are never read, whatever their size.
+pub(super) async fn list(pool: &PgPool, q: &RunQuery) -> Result<Vec<RunSummary>> {
+    let rows = sqlx::query(
+        "SELECT id, kind, workflow, definition_hash, status, priority,
+                CASE WHEN octet_length(metadata::text) <= $5 THEN metadata::text END AS metadata,
+                substr(error, 1, $6) AS error, created_at, updated_at, finished_at, deadline_at
+         FROM runs WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+    )
     .bind(&q.workflow)
     .bind(q.status.map(RunStatus::as_str))
     .bind(&q.before)
     .bind(i64::from(q.limit.max(1)))
+    .bind(RunSummary::MAX_METADATA as i32)
+    .bind(RunSummary::MAX_ERROR as i32)
     .fetch_all(pool)
     .await?;
-    with_steps(pool, rows).await
+    rows.iter()
+        .map(|row| {
+            let kind: String = row.try_get("kind")?;
+            let status: String = row.try_get("status")?;
+            Ok(RunSummary {
+                id: row.try_get("id")?,
+                kind: RunKind::parse(&kind).unwrap_or(RunKind::Workflow),
+                workflow: row.try_get("workflow")?,
+                definition_hash: row.try_get("definition_hash")?,
+                status: RunStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("run status {status}")))?,
+                priority: row.try_get("priority")?,
+                metadata: json(row.try_get("metadata")?)?.unwrap_or(Value::Null),
+                error: row.try_get("error")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                finished_at: row.try_get("finished_at")?,
+                deadline_at: row.try_get("deadline_at")?,
+            })
+        })
+        .collect()
 }
 
 pub(super) async fn unfinished(pool: &PgPool) -> Result<Vec<RunRecord>> {

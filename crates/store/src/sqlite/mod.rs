@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use crate::record::{CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, Write};
+use crate::record::{CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, RunSummary, Write};
 use crate::{Result, Store, StoreError};
 use writer::Job;
 
@@ -40,6 +40,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     path: PathBuf,
     jobs: Option<mpsc::Sender<Job>>,
+    write_health: writer::WriteHealth,
     writer: Option<JoinHandle<()>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     options: SqliteOptions,
@@ -124,10 +125,13 @@ impl SqliteStore {
         })?;
         let conn = open_conn(&path, options.durable)?;
         let (tx, rx) = mpsc::channel();
+        let write_health = writer::WriteHealth::default();
+        let health = write_health.clone();
         let writer = std::thread::Builder::new()
             .name("flotilla-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx))?;
+            .spawn(move || writer::run(conn, rx, health))?;
         Ok(Self {
+            write_health,
             path,
             jobs: Some(tx),
             writer: Some(writer),
@@ -219,7 +223,7 @@ impl Store for SqliteStore {
         self.read(move |c| read::run(c, &id)).await
     }
 
-    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
+    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>> {
         let q = query.clone();
         self.read(move |c| read::list(c, &q)).await
     }
@@ -238,12 +242,29 @@ impl Store for SqliteStore {
         self.read(move |c| read::events(c, &id, after_seq)).await
     }
 
+    /// Reads answer, and writes too: after a failed commit, a probe write must succeed
+    /// before the store counts as healthy again.
     async fn ping(&self) -> Result<()> {
         self.read(|c| {
             Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
                 .map(|_| ())?)
         })
-        .await
+        .await?;
+        let failing = self
+            .write_health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(error) = failing {
+            let (tx, rx) = oneshot::channel();
+            self.send(Job::Probe(tx))?;
+            if rx.await.map_err(|_| StoreError::Closed)?.is_err() {
+                return Err(StoreError::Unavailable(format!(
+                    "writes are failing: {error}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn backend(&self) -> &'static str {

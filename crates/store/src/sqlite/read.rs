@@ -3,7 +3,9 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
-use crate::record::{EventRecord, RunKind, RunQuery, RunRecord, RunStatus, StepRecord, StepStatus};
+use crate::record::{
+    EventRecord, RunKind, RunQuery, RunRecord, RunStatus, RunSummary, StepRecord, StepStatus,
+};
 use crate::record::{parse_json as json, parse_usage};
 use crate::{Result, StoreError};
 
@@ -58,24 +60,55 @@ pub(crate) fn run(conn: &Connection, id: &str) -> Result<Option<RunRecord>> {
     row.map(|r| finish_run(conn, r)).transpose()
 }
 
-pub(crate) fn list(conn: &Connection, q: &RunQuery) -> Result<Vec<RunRecord>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs
+/// Summaries only: input, output and steps are never read, whatever their size.
+pub(crate) fn list(conn: &Connection, q: &RunQuery) -> Result<Vec<RunSummary>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, kind, workflow, definition_hash, status, priority,
+                CASE WHEN length(metadata) <= ?5 THEN metadata END, substr(error, 1, ?6),
+                created_at, updated_at, finished_at, deadline_at
+         FROM runs
          WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
-         ORDER BY id DESC LIMIT ?4"
-    ))?;
+         ORDER BY id DESC LIMIT ?4",
+    )?;
     let rows = stmt
         .query_map(
             params![
                 q.workflow,
                 q.status.map(RunStatus::as_str),
                 q.before,
-                q.limit.max(1)
+                q.limit.max(1),
+                RunSummary::MAX_METADATA as i64,
+                RunSummary::MAX_ERROR as i64,
             ],
-            run_row,
+            |row| {
+                let kind: String = row.get(1)?;
+                let status: String = row.get(4)?;
+                Ok((
+                    RunSummary {
+                        id: row.get(0)?,
+                        kind: RunKind::parse(&kind).unwrap_or(RunKind::Workflow),
+                        workflow: row.get(2)?,
+                        definition_hash: row.get(3)?,
+                        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+                        priority: row.get(5)?,
+                        metadata: Value::Null,
+                        error: row.get(7)?,
+                        created_at: row.get(8)?,
+                        updated_at: row.get(9)?,
+                        finished_at: row.get(10)?,
+                        deadline_at: row.get(11)?,
+                    },
+                    row.get::<_, Option<String>>(6)?,
+                ))
+            },
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.into_iter().map(|r| finish_run(conn, r)).collect()
+    rows.into_iter()
+        .map(|(mut s, metadata)| {
+            s.metadata = json(metadata)?.unwrap_or(Value::Null);
+            Ok(s)
+        })
+        .collect()
 }
 
 pub(crate) fn unfinished(conn: &Connection) -> Result<Vec<RunRecord>> {

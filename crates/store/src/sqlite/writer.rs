@@ -13,7 +13,13 @@ pub(crate) enum Job {
     Create(Box<NewRun>, oneshot::Sender<Result<CreateOutcome>>),
     Commit(Vec<Write>, Option<oneshot::Sender<Result<()>>>),
     Migrate(oneshot::Sender<Result<()>>),
+    /// A write that touches the file (the schema cookie), to learn whether writes work again.
+    Probe(oneshot::Sender<Result<()>>),
 }
+
+/// The last commit's error while commits fail (a full disk, a read-only file), `None` once
+/// one succeeds: readiness reports it, so traffic moves elsewhere until writes work again.
+pub(crate) type WriteHealth = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
 /// Most jobs folded into one transaction; bounds the latency of the first waiter.
 const MAX_BATCH: usize = 2048;
@@ -41,7 +47,7 @@ fn next_job(rx: &Receiver<Job>) -> Option<Job> {
     }
 }
 
-pub(crate) fn run(mut conn: Connection, rx: Receiver<Job>) {
+pub(crate) fn run(mut conn: Connection, rx: Receiver<Job>, health: WriteHealth) {
     let mut batch = Vec::with_capacity(64);
     while let Some(first) = next_job(&rx) {
         batch.push(first);
@@ -54,7 +60,8 @@ pub(crate) fn run(mut conn: Connection, rx: Receiver<Job>) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        process(&mut conn, &mut batch);
+        let outcome = process(&mut conn, &mut batch);
+        *health.lock().unwrap_or_else(|e| e.into_inner()) = outcome.err();
     }
 }
 
@@ -66,7 +73,7 @@ enum Reply {
     Unit(oneshot::Sender<Result<()>>, Result<()>),
 }
 
-fn process(conn: &mut Connection, batch: &mut Vec<Job>) {
+fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(), String> {
     let mut replies = Vec::with_capacity(batch.len());
     let outcome = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -89,6 +96,14 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) {
                     let r = savepoint(&tx, migrate);
                     replies.push(Reply::Unit(reply, r));
                 }
+                Job::Probe(reply) => {
+                    let r = savepoint(&tx, |tx| {
+                        let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+                        tx.execute_batch(&format!("PRAGMA user_version = {v}"))?;
+                        Ok(())
+                    });
+                    replies.push(Reply::Unit(reply, r));
+                }
             }
         }
         tx.commit()
@@ -101,9 +116,10 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) {
             (Reply::Unit(tx, _), Err(e)) => drop(tx.send(Err(commit_error(e)))),
         }
     }
-    if let Err(e) = outcome {
+    outcome.map_err(|e| {
         tracing::error!(error = %e, "store commit failed");
-    }
+        e.to_string()
+    })
 }
 
 fn commit_error(e: &rusqlite::Error) -> StoreError {
