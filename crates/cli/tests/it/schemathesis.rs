@@ -57,6 +57,8 @@ auth:
     - {{ name: admin, role: admin, hash: "{}" }}
 rate_limits:
   default: {{ per_second: 100000, burst: 100000 }}
+  # schemathesis sends bad credentials on purpose; the guessing throttle would answer 429.
+  failed_auth: {{ per_second: 100000, burst: 100000 }}
 agents:
   echo: {{ kind: builtin, builtin: echo, capabilities: [echo] }}
   greeter: {{ kind: builtin, builtin: template, template: "hello {{{{ input.name | default('you') }}}}" }}
