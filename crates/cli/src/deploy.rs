@@ -8,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use flotilla_deploy::generate::{Input, Target, generate};
 use flotilla_spec::{Loader, Source};
 
-use crate::settings::{self, DEMO};
+use crate::settings;
 
 /// `flotilla deploy …`
 #[derive(Debug, Subcommand)]
@@ -37,16 +37,17 @@ pub enum TargetArg {
 /// Options of `flotilla deploy generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Config file (default: ./flotilla.yaml if present, else the embedded demo fleet).
-    #[arg(long, short = 'c')]
+    /// Config file (default: ./flotilla.yaml). The embedded demo is not a deployment: name
+    /// a file.
+    #[arg(long, short = 'c', env = "FLOTILLA_CONFIG")]
     config: Option<PathBuf>,
     /// What to generate.
     #[arg(long, value_enum, default_value = "all")]
     target: TargetArg,
-    /// Environments to generate overlays and Applications for (default: every one in
-    /// deploy.environments); repeat for several.
-    #[arg(long = "env")]
-    envs: Vec<String>,
+    /// The one environment to generate overlays and Applications for (default: every one in
+    /// deploy.environments).
+    #[arg(long)]
+    env: Option<String>,
     /// Directory to write into.
     #[arg(long, short)]
     output: PathBuf,
@@ -68,11 +69,12 @@ pub fn run(command: DeployCommand) -> anyhow::Result<ExitCode> {
             Ok(s) => s,
             Err(e) => return Ok(settings::report(&e)),
         },
-        None => Source {
-            name: "examples/demo.yaml (embedded)".into(),
-            text: DEMO.into(),
-            path: None,
-        },
+        None => {
+            eprintln!(
+                "error: no configuration: pass --config FILE, set FLOTILLA_CONFIG, or run where flotilla.yaml is"
+            );
+            return Ok(ExitCode::from(2));
+        }
     };
     let text = base.text.clone();
     // Generation needs no secret values: unset variables stay references.
@@ -114,15 +116,52 @@ pub fn run(command: DeployCommand) -> anyhow::Result<ExitCode> {
         TargetArg::Ci => vec![Target::Ci],
         TargetArg::All => Target::ALL.to_vec(),
     };
+    let dir = path
+        .as_deref()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let agent_files = command_files(&config, dir)?;
     let input = Input {
         config: &config,
         config_text: &text,
         flags_text: flags_text.as_deref(),
+        agent_files: &agent_files,
     };
-    let files = generate(&input, &targets, &args.envs)?;
+    let envs: Vec<String> = args.env.into_iter().collect();
+    let files = match generate(&input, &targets, &envs) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     flotilla_deploy::write_files(&args.output, &files, args.force)?;
     for f in &files {
         println!("{}", args.output.join(&f.path).display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The files command agents name by a relative path that exists beside the configuration
+/// (`command: [python3, agents/weather.py]`), to be copied into the image.
+fn command_files(
+    config: &flotilla_spec::Config,
+    dir: &Path,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut files = std::collections::BTreeMap::new();
+    for agent in config.agents.values() {
+        if agent.kind != flotilla_spec::AgentKind::Command {
+            continue;
+        }
+        for arg in agent.command.iter().skip(1).chain(agent.command.first()) {
+            let rel = Path::new(arg);
+            if rel.is_absolute() || arg.contains("..") || !dir.join(rel).is_file() {
+                continue;
+            }
+            let text = std::fs::read_to_string(dir.join(rel))
+                .with_context(|| format!("reading the command agent file {arg}"))?;
+            files.insert(arg.replace('\\', "/"), text);
+        }
+    }
+    Ok(files.into_iter().collect())
 }

@@ -89,6 +89,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Arc::new(loaded.config);
     let telemetry = crate::logging::init(&config)?;
     tracing::info!(config = %loaded.files.join(" + "), "starting flotilla {}", env!("CARGO_PKG_VERSION"));
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
     let result = serve_config(config).await;
     telemetry.shutdown().await;
     result
@@ -122,11 +125,13 @@ async fn serve_config(config: Arc<Config>) -> anyhow::Result<ExitCode> {
         );
     }
     let metrics = Arc::new(Metrics::new());
+    let draining = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = flotilla_server::AppState::new(flotilla_server::AppShared {
         engine: Arc::new(OnceLock::new()),
         metrics: metrics.clone(),
         ready: Arc::new(AtomicBool::new(false)),
+        draining: draining.clone(),
         shutdown: shutdown_rx.clone(),
         body_limit: config.server.body_limit.0,
         request_timeout: config.server.request_timeout.0,
@@ -196,8 +201,18 @@ async fn serve_config(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     tracing::info!(address = %addr, workflows = ?engine.workflow_names(), "ready");
 
     signal().await;
-    tracing::info!(grace = ?grace, "shutdown requested: no new requests, draining");
+    // Readiness turns false at once, but the listener stays open for the drain delay: load
+    // balancers take a moment to stop sending, and a closed port would refuse what they send.
+    let delay = config.server.drain_delay.0.min(grace);
+    tracing::info!(grace = ?grace, delay = ?delay, "shutdown requested: readiness off, draining");
     state.ready.store(false, Ordering::Release);
+    draining.store(true, Ordering::Release);
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = signal() => tracing::info!("second signal: not waiting for the drain delay"),
+    }
+    let grace = grace.saturating_sub(delay);
+    tracing::info!("no new requests; finishing in-flight ones");
     let _ = shutdown_tx.send(true);
     let (served, ()) = tokio::join!(server, engine.shutdown(grace));
     match served {

@@ -72,6 +72,9 @@ pub fn report(e: &SpecError) -> ExitCode {
 pub fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     match load(args, Vec::new()) {
         Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "ok: {} ({} agents, {} workflows)",
                 loaded.files.join(" + "),

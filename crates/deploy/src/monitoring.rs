@@ -169,15 +169,15 @@ pub fn dashboard() -> Value {
             (12, 0),
             &[
                 (
-                    "histogram_quantile(0.50, sum by (le) (rate(http_request_duration_seconds_bucket[5m])))",
+                    "histogram_quantile(0.50, sum by (le) (rate(http_request_duration_seconds_bucket{route!~\".*[?]wait\"}[5m])))",
                     "p50",
                 ),
                 (
-                    "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket[5m])))",
+                    "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{route!~\".*[?]wait\"}[5m])))",
                     "p95",
                 ),
                 (
-                    "histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket[5m])))",
+                    "histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{route!~\".*[?]wait\"}[5m])))",
                     "p99",
                 ),
             ],

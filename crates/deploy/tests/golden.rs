@@ -35,6 +35,7 @@ fn generation_is_deterministic_and_never_writes_a_secret_value() {
             config: &config,
             config_text: examples::PRODUCTION,
             flags_text: Some(examples::FLAGS),
+            agent_files: &[],
         },
         &flotilla_deploy::generate::Target::ALL,
         &[],
@@ -48,4 +49,73 @@ fn generation_is_deterministic_and_never_writes_a_secret_value() {
         );
     }
     assert!(files.iter().any(|f| f.contents.contains("secretKeyRef")));
+}
+
+#[test]
+fn a_sqlite_store_behind_several_pods_is_refused() {
+    let demo = examples::config("demo", examples::DEMO);
+    let input = flotilla_deploy::generate::Input {
+        config: &demo,
+        config_text: examples::DEMO,
+        flags_text: None,
+        agent_files: &[],
+    };
+    let err = flotilla_deploy::generate::generate(
+        &input,
+        &[flotilla_deploy::generate::Target::Kubernetes],
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("SQLite"), "{err}");
+    assert!(err.contains("3 replicas"), "{err}");
+    assert!(err.contains("HorizontalPodAutoscaler"), "{err}");
+    assert!(err.contains("Argo Rollout"), "{err}");
+    // One pod, no autoscaler, a rolling update: allowed.
+    let single = examples::config(
+        "single",
+        &format!(
+            "{}\ndeploy: {{ replicas: 1, autoscaling: {{ enabled: false }}, rollout: {{ strategy: rolling }}, environments: {{ staging: {{}}, production: {{}} }} }}\n",
+            examples::DEMO
+        ),
+    );
+    let input = flotilla_deploy::generate::Input {
+        config: &single,
+        ..input
+    };
+    let files = flotilla_deploy::generate::generate(
+        &input,
+        &[flotilla_deploy::generate::Target::Kubernetes],
+        &[],
+    )
+    .unwrap();
+    assert!(!files.iter().any(|f| f.path.ends_with("hpa.yaml")));
+    assert!(!files.iter().any(|f| f.path.ends_with("rollout.yaml")));
+}
+
+#[test]
+fn pods_take_no_service_links_and_each_environment_has_its_host() {
+    let files = examples::files("production");
+    let find = |p: &str| {
+        files
+            .iter()
+            .find(|f| f.path == p)
+            .unwrap_or_else(|| panic!("no {p}"))
+            .contents
+            .clone()
+    };
+    assert!(find("kubernetes/base/deployment.yaml").contains("enableServiceLinks: false"));
+    let staging = find("kubernetes/overlays/staging/kustomization.yaml");
+    let production = find("kubernetes/overlays/production/kustomization.yaml");
+    let host = |text: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("value: ").filter(|v| v.contains('.')))
+            .map(str::to_owned)
+    };
+    assert_ne!(host(&staging), host(&production), "{staging}\n{production}");
+    let staging_ci = find("ci/.github/workflows/deploy-staging.yml");
+    assert!(
+        staging_ci.contains(&host(&staging).unwrap()),
+        "the smoke test calls the staging host: {staging_ci}"
+    );
 }

@@ -84,6 +84,19 @@ impl Breaker {
         }
     }
 
+    /// How long calls are still refused, while they are.
+    pub fn retry_in(&self, now: Instant) -> Option<Duration> {
+        match *self.lock() {
+            Mode::Open { until } if now < until => Some(until - now),
+            Mode::HalfOpen { successes, probes }
+                if successes + probes >= self.cfg.half_open_successes =>
+            {
+                Some(Duration::from_millis(100))
+            }
+            _ => None,
+        }
+    }
+
     /// Asks to make a call.
     pub fn try_acquire(&self, now: Instant) -> Result<(), Rejected> {
         let mut mode = self.lock();

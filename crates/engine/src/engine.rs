@@ -742,6 +742,12 @@ impl Engine {
         self.shared.registry.statuses()
     }
 
+    /// How long an open circuit still refuses calls to this agent (or, for a capability,
+    /// to every agent offering it).
+    pub fn retry_in(&self, agent: Option<&str>, capability: Option<&str>) -> Option<Duration> {
+        self.shared.registry.retry_in(agent, capability)
+    }
+
     /// Whether every agent is healthy.
     pub fn agents_healthy(&self) -> bool {
         self.shared.registry.all_healthy()

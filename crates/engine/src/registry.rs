@@ -28,6 +28,7 @@ struct AgentSeries {
     error: Counter,
     circuit_state: Gauge,
     circuit_opened: Counter,
+    health: Gauge,
 }
 
 impl AgentSeries {
@@ -47,7 +48,14 @@ impl AgentSeries {
         let error = m.agent_tasks.get_or_create(&status("error")).clone();
         let circuit_state = m.circuit_state.get_or_create(&agent).clone();
         let circuit_opened = m.circuit_opened.get_or_create(&agent).clone();
+        let health = m
+            .agent_health
+            .get_or_create(&AgentIdLabels {
+                agent_id: name.to_owned(),
+            })
+            .clone();
         Self {
+            health,
             in_progress,
             duration,
             success,
@@ -135,14 +143,33 @@ impl AgentEntry {
             }
         };
         let now = Instant::now();
-        if self.breaker.record(result.is_ok(), now) == Transition::Opened {
-            self.series.circuit_opened.inc();
-            tracing::warn!(agent = %self.name, "circuit opened");
+        match self.breaker.record(result.is_ok(), now) {
+            Transition::Opened => {
+                self.series.circuit_opened.inc();
+                self.series.health.set(0);
+                tracing::warn!(agent = %self.name, "circuit opened");
+            }
+            Transition::Closed => {
+                self.series.health.set(i64::from(self.gauge_healthy()));
+            }
+            Transition::None => {}
         }
         self.series
             .circuit_state
             .set(self.breaker.state(now) as i64);
         result
+    }
+
+    /// What `agent_health_status` says: the probe passes and the circuit is closed (a
+    /// half-open circuit is still recovering).
+    fn gauge_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+            && self.breaker.state(Instant::now()) == CircuitState::Closed
+    }
+
+    /// How long calls to this agent are still refused by its open circuit.
+    pub fn retry_in(&self) -> Option<Duration> {
+        self.breaker.retry_in(Instant::now())
     }
 
     /// Healthy: its probe passes (http) and its circuit is not open.
@@ -314,6 +341,21 @@ impl Registry {
             .cloned()
     }
 
+    /// How long an open circuit still refuses calls: of the agent by that name, or the
+    /// soonest of the agents offering that capability.
+    pub fn retry_in(&self, agent: Option<&str>, capability: Option<&str>) -> Option<Duration> {
+        let agents = self.read();
+        agents
+            .values()
+            .filter(|a| {
+                agent.is_some_and(|n| n == a.name)
+                    || capability.is_some_and(|c| a.capabilities.iter().any(|x| x == c))
+            })
+            .map(|a| a.retry_in())
+            .min()
+            .flatten()
+    }
+
     /// Whether any live agent, healthy or not, offers `capability`.
     pub fn offers(&self, capability: &str) -> bool {
         let now = Instant::now();
@@ -461,7 +503,7 @@ impl Registry {
                 .get_or_create(&AgentIdLabels {
                     agent_id: agent.name.clone(),
                 })
-                .set(i64::from(agent.is_healthy()));
+                .set(i64::from(agent.gauge_healthy()));
         }
     }
 

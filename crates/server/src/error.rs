@@ -82,6 +82,8 @@ pub enum ApiError {
         kind: &'static str,
         /// Why.
         message: String,
+        /// Seconds until trying again makes sense (`Retry-After`).
+        retry_after: u64,
     },
     /// 504: a task did not finish in time.
     #[error("{0}")]
@@ -152,8 +154,8 @@ impl IntoResponse for ApiError {
         let mut resp = (status, Json(body)).into_response();
         let headers = resp.headers_mut();
         match &self {
-            ApiError::Unavailable { .. } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            ApiError::Unavailable { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             ApiError::TooManyRequests { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
@@ -192,10 +194,12 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => ApiError::Unavailable {
                 kind: "shutting_down",
                 message: e.to_string(),
+                retry_after: 1,
             },
             EngineError::Store(s) => ApiError::Unavailable {
                 kind: "store_unavailable",
                 message: format!("the store is unavailable: {s}"),
+                retry_after: 1,
             },
             EngineError::Definition(..) => ApiError::Internal(e.to_string()),
         }

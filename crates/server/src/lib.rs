@@ -66,6 +66,8 @@ pub struct AppShared {
     pub metrics: Arc<Metrics>,
     /// Whether the process is ready to take traffic.
     pub ready: Arc<AtomicBool>,
+    /// Set on SIGTERM: still serving, but `/ready` says 503 so that traffic moves away.
+    pub draining: Arc<AtomicBool>,
     /// Turns true when shutdown begins.
     pub shutdown: watch::Receiver<bool>,
     /// Largest accepted body.
@@ -94,6 +96,7 @@ impl AppState {
         self.engine.get().ok_or_else(|| ApiError::Unavailable {
             kind: "not_ready",
             message: "flotilla is starting (migrations and recovery in progress)".into(),
+            retry_after: 1,
         })
     }
 }

@@ -87,10 +87,14 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let route = resp
+    let mut route = resp
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    if resp.extensions().get::<LongPoll>().is_some() {
+        // Waiting is what the client asked for: keep it out of the route's latency.
+        route.push_str("?wait");
+    }
     let labels = HttpLabels {
         method,
         route,
@@ -142,6 +146,11 @@ pub async fn route_template(req: Request, next: Next) -> Response {
     }
     resp
 }
+
+/// Marks a response that waited on purpose (`?wait=`): its route label gets `?wait`, so
+/// latency alerts and analysis can leave long polls out.
+#[derive(Debug, Clone, Copy)]
+pub struct LongPoll;
 
 /// When the request's `server.request_timeout` runs out; handlers that wait (`?wait=`) stop
 /// waiting before it, so that they can still answer with what they have.

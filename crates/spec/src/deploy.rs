@@ -13,9 +13,14 @@ pub struct DeployConfig {
     /// Application name: Kubernetes object names and labels.
     #[serde(default = "default_name")]
     pub name: String,
-    /// Container image repository.
+    /// The repository of the image this configuration builds and deploys (flotilla with the
+    /// configuration, flags and command-agent files in it).
     #[serde(default = "default_image")]
     pub image: String,
+    /// The flotilla image it is built `FROM` (flotilla's own Dockerfile builds it; default
+    /// `flotilla:<this version>`).
+    #[serde(default = "default_base_image")]
+    pub base_image: String,
     /// Image tag (default: this flotilla's version).
     #[serde(default = "default_tag")]
     pub tag: String,
@@ -56,6 +61,7 @@ impl Default for DeployConfig {
         DeployConfig {
             name: default_name(),
             image: default_image(),
+            base_image: default_base_image(),
             tag: default_tag(),
             namespace: default_namespace(),
             replicas: default_replicas(),
@@ -76,6 +82,9 @@ fn default_name() -> String {
 }
 fn default_image() -> String {
     "ghcr.io/example/flotilla".into()
+}
+fn default_base_image() -> String {
+    concat!("flotilla:", env!("CARGO_PKG_VERSION")).into()
 }
 fn default_tag() -> String {
     env!("CARGO_PKG_VERSION").into()
@@ -151,6 +160,9 @@ pub struct CpuMemory {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Autoscaling {
+    /// Whether to generate a HorizontalPodAutoscaler (a SQLite store cannot have one).
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
     /// Fewest pods.
     #[serde(default = "default_min")]
     pub min: u32,
@@ -171,6 +183,7 @@ pub struct Autoscaling {
 impl Default for Autoscaling {
     fn default() -> Self {
         Autoscaling {
+            enabled: default_enabled(),
             min: default_min(),
             max: default_max(),
             cpu_percent: default_cpu(),
@@ -180,6 +193,9 @@ impl Default for Autoscaling {
     }
 }
 
+fn default_enabled() -> bool {
+    true
+}
 fn default_min() -> u32 {
     3
 }

@@ -59,10 +59,12 @@ pub struct Loaded {
     pub config: Config,
     /// Files read, in layering order.
     pub files: Vec<String>,
+    /// Things worth telling the operator that are not errors.
+    pub warnings: Vec<String>,
 }
 
 /// Variables that are about flotilla itself rather than settings.
-const NOT_SETTINGS: &[&str] = &["FLOTILLA_ENV", "FLOTILLA_CONFIG"];
+const NOT_SETTINGS: &[&str] = &["FLOTILLA_ENV", "FLOTILLA_CONFIG", "FLOTILLA_REVISION"];
 
 impl Loader<'_> {
     /// Reads every layer, merges them, deserializes and validates.
@@ -102,6 +104,7 @@ impl Loader<'_> {
             .filter(|n| n.starts_with("FLOTILLA_"))
             .collect();
         names.sort();
+        let mut ignored = Vec::new();
         for name in names {
             if NOT_SETTINGS.contains(&name.as_str()) {
                 continue;
@@ -112,8 +115,23 @@ impl Loader<'_> {
             let path = name["FLOTILLA_".len()..]
                 .to_ascii_lowercase()
                 .replace("__", ".");
+            // Only `FLOTILLA_<SECTION>__<FIELD>` sets something: other FLOTILLA_* variables
+            // (the service links Kubernetes adds for a Service named `flotilla`) are not ours.
+            let section = path.split('.').next().unwrap_or_default();
+            if !path.contains('.') || !Config::SECTIONS.contains(&section) {
+                ignored.push(name.clone());
+                continue;
+            }
             overrides.push((path, yaml::scalar_from_env(&raw), Origin::Env(name.clone())));
         }
+        let warnings = if ignored.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!(
+                "ignored environment variables that are not settings (settings are FLOTILLA_<SECTION>__<FIELD>): {}",
+                ignored.join(", ")
+            )]
+        };
         for (path, v, flag) in self.flags {
             overrides.push((path, v, Origin::Flag(flag)));
         }
@@ -132,7 +150,11 @@ impl Loader<'_> {
             }
         }
         match config {
-            Some(config) if diags.is_empty() => Ok(Loaded { config, files }),
+            Some(config) if diags.is_empty() => Ok(Loaded {
+                config,
+                files,
+                warnings,
+            }),
             _ => Err(SpecError::Invalid(diags)),
         }
     }

@@ -14,6 +14,7 @@ use crate::units::{ByteSize, Dur};
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    // The top-level keys are listed in `Config::SECTIONS` too: keep the two in step.
     /// Format version; only `1` exists.
     #[serde(default = "one")]
     pub version: u32,
@@ -58,6 +59,46 @@ pub struct Config {
     pub deploy: crate::deploy::DeployConfig,
 }
 
+impl Config {
+    /// The top-level sections, as `FLOTILLA_<SECTION>__<FIELD>` overrides name them.
+    pub const SECTIONS: &'static [&'static str] = &[
+        "server",
+        "storage",
+        "engine",
+        "logging",
+        "observability",
+        "flags",
+        "auth",
+        "rate_limits",
+        "cache",
+        "llm",
+        "agents",
+        "workflows",
+        "deploy",
+    ];
+}
+
+#[cfg(test)]
+mod sections {
+    use super::Config;
+
+    #[test]
+    fn sections_are_the_top_level_keys() {
+        let value = serde_json::to_value(Config::default()).unwrap();
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "version")
+            .collect();
+        keys.sort_unstable();
+        let mut sections = Config::SECTIONS.to_vec();
+        sections.sort_unstable();
+        assert_eq!(keys, sections);
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -84,6 +125,11 @@ pub struct ServerConfig {
     /// Serve HTTPS with these PEM files (reloaded when they change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// After SIGTERM, how long to keep serving with `/ready` answering 503 before closing the
+    /// listener, so that load balancers (a Kubernetes Service, nginx) stop sending first.
+    /// Part of `shutdown_grace`.
+    #[serde(default = "default_drain_delay")]
+    pub drain_delay: Dur,
     /// How long a client may take to send a request's headers, and how long an idle
     /// keep-alive connection is kept open waiting for the next request.
     #[serde(default = "default_header_read_timeout")]
@@ -96,6 +142,10 @@ pub struct ServerConfig {
     /// cut short and says so with `next_cursor`.
     #[serde(default = "default_max_list_bytes")]
     pub max_list_bytes: ByteSize,
+}
+
+fn default_drain_delay() -> Dur {
+    Dur::secs(5)
 }
 
 fn default_header_read_timeout() -> Dur {
@@ -143,6 +193,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             tls: None,
             header_read_timeout: default_header_read_timeout(),
+            drain_delay: default_drain_delay(),
             max_connections: default_max_connections(),
             max_list_bytes: default_max_list_bytes(),
         }

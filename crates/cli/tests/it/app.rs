@@ -18,6 +18,8 @@ pub struct TestApp {
     pub child: Option<Child>,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub client: reqwest::Client,
+    /// Extra environment variables of the server process.
+    pub env: Vec<(String, String)>,
 }
 
 /// Writes `yaml` (with the storage pointed at a temp dir) and starts a server on it.
@@ -46,6 +48,16 @@ pub async fn spawn_app_with(
     yaml: &str,
     client: reqwest::Client,
 ) -> TestApp {
+    spawn_app_env(dir, yaml, client, Vec::new()).await
+}
+
+/// Starts a server on `yaml` with extra environment variables.
+pub async fn spawn_app_env(
+    dir: tempfile::TempDir,
+    yaml: &str,
+    client: reqwest::Client,
+    env: Vec<(String, String)>,
+) -> TestApp {
     let config = dir.path().join("flotilla.yaml");
     std::fs::write(&config, yaml).unwrap();
     let mut app = TestApp {
@@ -55,6 +67,7 @@ pub async fn spawn_app_with(
         child: None,
         logs: Arc::new(Mutex::new(Vec::new())),
         client,
+        env,
     };
     app.start().await;
     app
@@ -69,6 +82,7 @@ impl TestApp {
             .args(["--listen", "127.0.0.1:0"])
             .env("LOG_LEVEL", "info")
             .env_remove("FLOTILLA_ENV")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -128,12 +142,18 @@ impl TestApp {
 
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
+        let c = self.child.as_ref().expect("running");
         let ok = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
+        self.terminate_wait()
+    }
+
+    /// Waits for the exit status of a server already told to stop.
+    pub fn terminate_wait(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = c.try_wait().unwrap() {

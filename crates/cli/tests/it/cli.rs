@@ -213,6 +213,44 @@ fn deploy_generate_writes_refuses_to_overwrite_and_explains_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("deploy");
     let out_s = out.to_str().unwrap();
+    // No configuration: an error, not the demo.
+    let (code, _, err) = flotilla(dir.path(), &["deploy", "generate", "--output", out_s], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("FLOTILLA_CONFIG"), "{err}");
+    // The demo's SQLite store behind replicas: refused, with what to do.
+    write(
+        dir.path(),
+        "demo.yaml",
+        include_str!("../../../../examples/demo.yaml"),
+    );
+    let (code, _, err) = flotilla(
+        dir.path(),
+        &[
+            "deploy",
+            "generate",
+            "--target",
+            "kubernetes",
+            "--output",
+            out_s,
+        ],
+        &[("FLOTILLA_CONFIG", "demo.yaml")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("SQLite") && err.contains("PostgreSQL"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
+    write(
+        dir.path(),
+        "flotilla.yaml",
+        include_str!("../../../../examples/production.yaml"),
+    );
+    write(
+        dir.path(),
+        "flags.yaml",
+        include_str!("../../../../examples/flags.yaml"),
+    );
     let (code, stdout, err) = flotilla(
         dir.path(),
         &[
@@ -233,7 +271,7 @@ fn deploy_generate_writes_refuses_to_overwrite_and_explains_errors() {
         "{stdout}"
     );
     assert!(!out.join("kubernetes/overlays/production").exists());
-    assert!(out.join("Dockerfile").exists());
+    assert!(out.join("image/Dockerfile").exists());
     let first = std::fs::read(out.join("kubernetes/base/deployment.yaml")).unwrap();
     let (code, _, err) = flotilla(dir.path(), &["deploy", "generate", "--output", out_s], &[]);
     assert_ne!(code, 0);

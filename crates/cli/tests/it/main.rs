@@ -3,6 +3,7 @@
 mod agents;
 mod api;
 mod app;
+mod artifacts;
 mod auth;
 mod backups;
 mod cli;

@@ -231,10 +231,12 @@ async fn the_rollout_analysis_queries_return_numbers() {
     let queries = flotilla_deploy::generate::analysis_queries(&deploy);
     assert_eq!(queries.len(), 3);
     for (name, query, success, _) in queries {
-        // Outside Kubernetes there is no namespace label: match any.
+        // Outside Kubernetes there is no namespace or pod template hash label: match any.
+        assert!(query.contains("{{args.canary-hash}}"), "{query}");
         let promql = query
             .replace("{{args.service-name}}", "flotilla")
-            .replace("{{args.namespace}}", ".*");
+            .replace("{{args.namespace}}", ".*")
+            .replace("{{args.canary-hash}}", ".*");
         let v = prom.value(&promql).await;
         assert!(v.is_finite() && v >= 0.0, "{name}: {promql} = {v}");
         if name.ends_with("-latency") {

@@ -34,11 +34,16 @@ pub fn config_with(name: &str, text: &str, lookup: &dyn Fn(&str) -> Option<Strin
     .config
 }
 
-/// Every file for the demo (`"demo"`) or the production example.
+/// Every file for the demo (`"demo"`: its SQLite store has no Kubernetes output) or the
+/// production example.
 pub fn files(which: &str) -> Vec<File> {
-    let (text, flags) = match which {
-        "demo" => (DEMO, None),
-        _ => (PRODUCTION, Some(FLAGS)),
+    let (text, flags, targets) = match which {
+        "demo" => (
+            DEMO,
+            None,
+            &[Target::Compose, Target::Argocd, Target::Ci][..],
+        ),
+        _ => (PRODUCTION, Some(FLAGS), &Target::ALL[..]),
     };
     let config = config(which, text);
     generate(
@@ -46,8 +51,9 @@ pub fn files(which: &str) -> Vec<File> {
             config: &config,
             config_text: text,
             flags_text: flags,
+            agent_files: &[],
         },
-        &Target::ALL,
+        targets,
         &[],
     )
     .unwrap()

@@ -202,6 +202,9 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
     if *state.shutdown.borrow() {
         return not_ready("shutting down");
     }
+    if state.draining.load(Ordering::Acquire) {
+        return not_ready("draining: shutting down after in-flight requests");
+    }
     let Some(engine) = state.engine.get() else {
         return not_ready("starting: migrations and recovery in progress");
     };

@@ -17,6 +17,10 @@ pub struct Version {
     version: &'static str,
     /// The commit it was built from, when known.
     commit: &'static str,
+    /// What the deployment calls this build (`FLOTILLA_REVISION`, set by the image `deploy
+    /// generate` writes: the configuration repository's commit), when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<String>,
 }
 
 /// Version and build information.
@@ -27,6 +31,7 @@ pub async fn version() -> Json<Version> {
         name: "flotilla",
         version: env!("CARGO_PKG_VERSION"),
         commit: option_env!("FLOTILLA_COMMIT").unwrap_or("unknown"),
+        revision: std::env::var("FLOTILLA_REVISION").ok(),
     })
 }
 

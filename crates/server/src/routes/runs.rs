@@ -126,7 +126,9 @@ pub async fn start(
         } else {
             StatusCode::ACCEPTED
         };
-        return Ok((code, replay, Json(Started::Run(Box::new(run)))).into_response());
+        let mut resp = (code, replay, Json(Started::Run(Box::new(run)))).into_response();
+        resp.extensions_mut().insert(crate::observe::LongPoll);
+        return Ok(resp);
     }
     let accepted = RunAccepted {
         run_id: submitted.run_id,

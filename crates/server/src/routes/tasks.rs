@@ -122,7 +122,12 @@ impl TaskBody {
     }
 }
 
-fn settle(result: TaskResult) -> Result<TaskResponse, ApiError> {
+/// The answer for a finished task; `retry_in` says how long an open circuit still refuses
+/// its agent, for `Retry-After`.
+fn settle(
+    result: TaskResult,
+    retry_in: impl FnOnce() -> Option<Duration>,
+) -> Result<TaskResponse, ApiError> {
     let o = &result.outcome;
     let message = || {
         o.error
@@ -142,6 +147,7 @@ fn settle(result: TaskResult) -> Result<TaskResponse, ApiError> {
             Some("unavailable") => ApiError::Unavailable {
                 kind: "unavailable",
                 message: message(),
+                retry_after: retry_in().map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64),
             },
             _ => ApiError::AgentFailed(message()),
         }),
@@ -169,7 +175,11 @@ pub async fn execute(
             details: problems,
         });
     }
-    Ok(Json(settle(engine.execute(task).await?)?))
+    let (agent, capability) = (task.agent.clone(), task.capability.clone());
+    let result = engine.execute(task).await?;
+    Ok(Json(settle(result, || {
+        engine.retry_in(agent.as_deref(), capability.as_deref())
+    })?))
 }
 
 /// Body of `POST /api/v1/batch`.
@@ -249,12 +259,17 @@ pub async fn batch(
         let engine = engine.clone();
         let id = uuid::Uuid::now_v7().to_string();
         t.id = Some(id.clone());
+        let (agent, capability) = (t.agent.clone(), t.capability.clone());
         async move {
             let settled = engine
                 .execute(t)
                 .await
                 .map_err(ApiError::from)
-                .and_then(settle);
+                .and_then(|r| {
+                    settle(r, || {
+                        engine.retry_in(agent.as_deref(), capability.as_deref())
+                    })
+                });
             (id, settled)
         }
     }))
