@@ -290,7 +290,7 @@ fn compose(input: &Input<'_>) -> Result<Vec<File>, GenerateError> {
         "nginx".into(),
         json!({
             "image": "nginx:1.27-alpine",
-            "ports": [format!("{PORT}:80")],
+            "ports": [format!("${{HTTP_PORT:-{PORT}}}:80")],
             "volumes": ["./nginx.conf:/etc/nginx/conf.d/default.conf:ro"],
             "depends_on": healthy.clone(),
             "healthcheck": {"test": ["CMD", "wget", "-qO-", "http://127.0.0.1/health"], "interval": "10s", "timeout": "3s", "retries": 5},
@@ -311,14 +311,14 @@ fn compose(input: &Input<'_>) -> Result<Vec<File>, GenerateError> {
         "prometheus".into(),
         json!({
             "image": "prom/prometheus:v2.55.1",
-            "ports": ["9090:9090"],
+            "ports": ["${PROMETHEUS_PORT:-9090}:9090"],
             "volumes": ["./prometheus.yml:/etc/prometheus/prometheus.yml:ro", "./alerts.yml:/etc/prometheus/alerts.yml:ro"],
             "depends_on": healthy,
             "restart": "unless-stopped",
         }),
     );
+    // No top-level `name`: docker-compose v1 (Debian's) refuses it; `-p` names the project.
     let doc = json!({
-        "name": d.name,
         "services": services,
         "volumes": {"postgres-data": {}},
     });

@@ -7,6 +7,7 @@ mod artifacts;
 mod auth;
 mod backups;
 mod cli;
+mod docker;
 mod durability;
 mod engine;
 mod fakes;
