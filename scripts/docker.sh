@@ -53,7 +53,11 @@ stop_test_docker() {
       sleep 0.25
     done
   fi
-  rm -rf "$DOCKER_RUN_DIR"
+  # The daemon may leave mounts (network namespaces) under its exec root: undo them first.
+  grep -o " $DOCKER_RUN_DIR[^ ]*" /proc/mounts 2>/dev/null | sort -r \
+    | xargs -r -n1 umount -l 2>/dev/null || true
+  rm -rf "$DOCKER_RUN_DIR" 2>/dev/null || true
+  unset DOCKER_RUN_DIR
 }
 
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }

@@ -39,5 +39,5 @@ stop_test_postgres() {
   local as_pg=()
   [ "$(id -u)" -eq 0 ] && as_pg=(runuser -u postgres --)
   "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$PG_DIR"
+  rm -rf "$PG_DIR" 2>/dev/null || true
 }
