@@ -23,7 +23,6 @@ pub fn is_secret_key(key: &str) -> bool {
         "session",
         "signature",
         "access_key",
-        "auth",
     ]
     .iter()
     .any(|s| k.contains(s))
@@ -159,5 +158,10 @@ mod tests {
         assert_eq!(v["agents"]["a"]["endpoints"][0], "http://h/run?key=***");
         assert_eq!(v["x"]["X-Api-Key"], "***");
         assert_eq!(v["x"]["Cookie"], "***");
+        // Sections named like auth settings are not secrets themselves.
+        let mut v = json!({"auth": {"mode": "jwt"}, "rate_limits": {"failed_auth": {"burst": 10}}});
+        redact_value(&mut v);
+        assert_eq!(v["auth"]["mode"], "jwt");
+        assert_eq!(v["rate_limits"]["failed_auth"]["burst"], 10);
     }
 }
