@@ -56,21 +56,24 @@ async fn http_agent_health_probe_marks_a_dead_endpoint_unhealthy() {
 
 #[tokio::test]
 async fn command_agent_speaks_json_and_is_killed_on_timeout() {
-    let app = spawn_app(
+    let pids = tempfile::tempdir().unwrap();
+    let pid_file = pids.path().join("stuck.pid");
+    let app = spawn_app(&format!(
         r#"
 agents:
   upper:
     kind: command
-    command: ["python3", "-c", "import json,sys; r=json.load(sys.stdin); print('working', file=sys.stderr); print(json.dumps({'output': {'shout': r['input']['word'].upper(), 'action': r['action']}}))"]
+    command: ["python3", "-c", "import json,sys; r=json.load(sys.stdin); print('working', file=sys.stderr); print(json.dumps({{'output': {{'shout': r['input']['word'].upper(), 'action': r['action']}}}}))"]
   stuck:
     kind: command
-    command: ["sleep", "30"]
+    command: ["sh", "-c", "echo $$ > {pid}; exec sleep 30"]
     timeout: 300ms
   broken:
     kind: command
     command: ["sh", "-c", "echo nope >&2; exit 3"]
 "#,
-    )
+        pid = pid_file.display()
+    ))
     .await;
     let (code, body) = app
         .post(
@@ -87,6 +90,27 @@ agents:
         )
         .await;
     assert_eq!(code, 504, "{body}");
+    // The child itself is gone (dead, or a zombie awaiting its reaper), not left running.
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let alive = state
+            .as_deref()
+            .and_then(|s| s.rsplit(')').next())
+            .is_some_and(|rest| !rest.trim_start().starts_with(['Z', 'X']));
+        if !alive {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timed-out command (pid {pid}) is still running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (code, body) = app
         .post("/api/v1/execute", json!({"agent": "broken", "input": {}}))
         .await;
@@ -168,7 +192,10 @@ workflows:
     );
     let (_, agents) = app.get("/api/v1/agents").await;
     assert!(!agents.to_string().contains("sk-test-secret-value"));
-    let _ = step(&run, "plan");
+    let plan = step(&run, "plan");
+    assert_eq!(plan["status"], "succeeded", "{plan}");
+    assert_eq!(plan["agent"], "planner", "{plan}");
+    assert_eq!(plan["output"], json!({"city": "Oslo", "days": 3}), "{plan}");
 }
 
 #[tokio::test]
@@ -176,7 +203,7 @@ async fn remote_agents_register_with_a_ttl_and_serve_capabilities() {
     let fake = fake_agent().await;
     let app = spawn_app("agents:\n  local: { kind: builtin, builtin: echo }\n").await;
     let (code, body) = app
-        .post("/api/v1/agents/register", json!({"name": "weather-eu", "endpoints": [fake.url], "capabilities": ["forecast"], "ttl_seconds": 1}))
+        .post("/api/v1/agents/register", json!({"name": "weather-eu", "endpoints": [fake.url], "capabilities": ["forecast"], "ttl_seconds": 3}))
         .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["remote"], true);
@@ -202,17 +229,25 @@ async fn remote_agents_register_with_a_ttl_and_serve_capabilities() {
         )
         .await;
     assert_eq!(code, 400);
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    let (code, _) = app
-        .post(
-            "/api/v1/execute",
-            json!({"capability": "forecast", "input": {}}),
-        )
-        .await;
-    assert_eq!(
-        code, 404,
-        "the registration expired: nobody offers the capability now"
-    );
+    // Expired after its ttl: polled, with a bound.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, body) = app
+            .post(
+                "/api/v1/execute",
+                json!({"capability": "forecast", "input": {}}),
+            )
+            .await;
+        if code == 404 {
+            break;
+        }
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registration never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let (_, agents) = app.get("/api/v1/agents").await;
     assert_eq!(agents["total"], 1);
 }

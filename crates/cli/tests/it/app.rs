@@ -271,9 +271,17 @@ pub fn flotilla(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String
     )
 }
 
-/// A metric's value from the exposition (sum over series matching all `labels`).
+/// A metric's value from the exposition (sum over series matching all `labels`); panics
+/// when no such series is exported, so that "is 0" never passes for a missing gauge.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
+    try_metric(text, name, labels)
+        .unwrap_or_else(|| panic!("no series {name} {labels:?} in the exposition:\n{text}"))
+}
+
+/// A metric's value, or `None` when no series matches (not exported yet).
+pub fn try_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter(|l| {
@@ -282,7 +290,8 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// A fresh database on the test PostgreSQL cluster started by `scripts/test`. Outside CI

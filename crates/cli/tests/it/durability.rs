@@ -16,7 +16,7 @@ workflows:
   three:
     steps:
       - {{ id: first, agent: counter }}
-      - {{ id: second, agent: counter, needs: [first], input: {{ sleep_ms: 1500 }} }}
+      - {{ id: second, agent: counter, needs: [first], input: {{ sleep_first_ms: 60000 }} }}
       - {{ id: third, agent: counter, needs: [second] }}
 "#,
         url = fake.url
@@ -93,22 +93,38 @@ workflows:
 
 #[tokio::test]
 async fn sigterm_past_the_grace_period_leaves_runs_to_resume() {
-    let mut app = spawn_app(
+    // The first attempt takes a minute; the one after the restart answers at once.
+    let fake = fake_agent().await;
+    let mut app = spawn_app(&format!(
         r#"
-server: { shutdown_grace: 300ms }
+server: {{ shutdown_grace: 1s, drain_delay: 0s }}
 agents:
-  sleepy: { kind: builtin, builtin: sleep }
+  slow: {{ kind: http, endpoints: ["{url}"], timeout: 120s }}
 workflows:
   nap:
     steps:
-      - { id: nap, agent: sleepy, input: { ms: 1500 } }
+      - {{ id: nap, agent: slow, input: {{ sleep_first_ms: 60000 }} }}
 "#,
-    )
+        url = fake.url
+    ))
     .await;
     let id = app.start_run("nap", json!({})).await;
     app.wait_run(&id, |r| r["steps"][0]["status"] == "running")
         .await;
+    // The process ends when the grace is over, long before the step would have, and says so.
+    let asked = std::time::Instant::now();
     assert!(app.terminate().success());
+    let took = asked.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "exited {took:?} after SIGTERM: the 60 s step was waited for"
+    );
+    assert!(
+        app.log_text()
+            .contains("grace period over; unfinished runs will resume at the next start"),
+        "{}",
+        app.log_text()
+    );
     app.start().await;
     let run = app.finished(&id).await;
     assert_eq!(run["status"], "succeeded", "{run}");

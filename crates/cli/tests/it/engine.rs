@@ -134,7 +134,7 @@ agents:
   chaos:
     kind: builtin
     builtin: fail
-    circuit_breaker: { failure_threshold: 2, reset_timeout: 1s, half_open_successes: 2 }
+    circuit_breaker: { failure_threshold: 2, reset_timeout: 5s, half_open_successes: 2 }
 "#,
     )
     .await;
@@ -162,9 +162,17 @@ agents:
         1.0
     );
 
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let (_, agents) = app.get("/api/v1/agents").await;
-    assert_eq!(agents["agents"][0]["circuit"], "half_open");
+    // Half-open once the reset timeout has passed: polled, not slept for.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, agents) = app.get("/api/v1/agents").await;
+        if agents["agents"][0]["circuit"] == "half_open" {
+            break;
+        }
+        assert_eq!(agents["agents"][0]["circuit"], "open", "{agents}");
+        assert!(std::time::Instant::now() < deadline, "never half-open");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(exec(false).await.0, 200);
     assert_eq!(exec(false).await.0, 200);
     let (_, agents) = app.get("/api/v1/agents").await;
@@ -336,7 +344,7 @@ async fn cached_results_are_reused_per_input_until_they_expire() {
     let app = spawn_app(&format!(
         r#"
 agents:
-  svc: {{ kind: http, endpoints: ["{url}"], cache: {{ ttl: 1s }} }}
+  svc: {{ kind: http, endpoints: ["{url}"], cache: {{ ttl: 3s }} }}
   fresh: {{ kind: http, endpoints: ["{url}"] }}
 workflows:
   lookup:
@@ -366,19 +374,32 @@ workflows:
     assert_eq!(lookups(), 1);
     run("Rome").await;
     assert_eq!(lookups(), 2, "another input is another key");
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    run("Oslo").await;
-    assert_eq!(lookups(), 3, "expired after its ttl");
+    // Run Oslo again until its entry has expired (each run before that is a hit of both
+    // steps): polled, with a bound, rather than a sleep sized to the ttl.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut early = 0.0;
+    loop {
+        run("Oslo").await;
+        if lookups() == 3 {
+            break;
+        }
+        early += 2.0;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
     assert_eq!(
         fake.actions().iter().filter(|a| *a == "uncached").count(),
         2,
         "the step's own cache (1h) holds Oslo and Rome"
     );
     let text = app.text("/metrics").await;
-    // Hits: the second Oslo run's two steps, and the third's `hour`.
+    // Hits: the second Oslo run's two steps, the early re-runs' two each, and the last's `hour`.
     assert_eq!(
         metric(&text, "cache_requests_total", &[("result", "hit")]),
-        3.0
+        3.0 + early
     );
     assert_eq!(
         metric(&text, "cache_requests_total", &[("result", "miss")]),

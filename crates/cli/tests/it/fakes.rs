@@ -20,7 +20,8 @@ pub struct Seen {
 }
 
 /// A counting http agent. Input fields script it: `fail_times` (fail the first N calls of a
-/// key with 500), `sleep_ms` (answer after a delay), `fail` (always 422).
+/// key with 500), `sleep_ms` (answer after a delay), `sleep_first_ms` (delay only the first
+/// call of a key), `fail` (always 422).
 pub struct FakeAgent {
     pub url: String,
     pub seen: Arc<Mutex<Seen>>,
@@ -82,6 +83,12 @@ async fn agent(
     if let Some(ms) = input["sleep_ms"].as_u64() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    // Holds the first call of a key (an attempt a test interrupts), answers later ones at once.
+    if let Some(ms) = input["sleep_first_ms"].as_u64()
+        && n == 1
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     if input["fail"].as_bool() == Some(true) {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -122,7 +129,7 @@ pub async fn fake_agent() -> FakeAgent {
 }
 
 /// A fake OpenAI-compatible chat-completions provider: answers `content` with fixed usage,
-/// and records every request body and Authorization header.
+/// and records every request body and Authorization header (and when it came).
 pub struct FakeLlm {
     pub base_url: String,
     pub requests: Arc<Mutex<Vec<(Value, String)>>>,
@@ -130,21 +137,42 @@ pub struct FakeLlm {
 }
 
 pub async fn fake_llm(content: &'static str) -> FakeLlm {
+    fake_llm_scripted(content, Vec::new()).await
+}
+
+/// The fake provider, answering its first calls with the scripted (status, Retry-After
+/// seconds) pairs, then with `content`.
+pub async fn fake_llm_scripted(content: &'static str, script: Vec<(u16, Option<u64>)>) -> FakeLlm {
+    use axum::response::IntoResponse;
     let requests: Arc<Mutex<Vec<(Value, String)>>> = Arc::default();
     let r2 = requests.clone();
+    let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
     let app = Router::new().route(
         "/v1/chat/completions",
         post(move |headers: HeaderMap, Json(body): Json<Value>| {
             let r2 = r2.clone();
+            let script = script.clone();
             async move {
                 let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                 r2.lock().unwrap().push((body, auth));
+                if let Some((status, retry)) = script.lock().unwrap().pop_front() {
+                    let mut resp = (
+                        StatusCode::from_u16(status).unwrap(),
+                        Json(json!({"error": {"message": "scripted failure"}})),
+                    )
+                        .into_response();
+                    if let Some(r) = retry {
+                        resp.headers_mut().insert("retry-after", r.into());
+                    }
+                    return resp;
+                }
                 Json(json!({
                     "id": "chatcmpl-fake",
                     "object": "chat.completion",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}
                 }))
+                .into_response()
             }
         }),
     );

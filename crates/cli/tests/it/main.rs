@@ -17,6 +17,7 @@ mod mlflow;
 mod outage;
 mod pg;
 mod prometheus;
+mod promises;
 mod redis_cache;
 mod replicas;
 mod schemathesis;

@@ -164,6 +164,7 @@ workflows:
 
     // MLflow goes away: workflows still succeed, the failure is logged once and counted.
     server.stop();
+    let stopped = Instant::now();
     for i in 0..10 {
         let id = app.start_run("greet", json!({"i": i})).await;
         assert_eq!(app.finished(&id).await["status"], "succeeded");
@@ -186,5 +187,11 @@ workflows:
         .lines()
         .filter(|l| l.contains("MLflow tracking failed"))
         .count();
-    assert_eq!(warnings, 1, "one warning per minute, not one per run");
+    // One warning a minute, however long this took on a busy machine; never one per run.
+    let allowed = 1 + stopped.elapsed().as_secs() as usize / 60;
+    assert!(
+        (1..=allowed).contains(&warnings),
+        "{warnings} warnings in {:?}: one per minute, not one per run",
+        stopped.elapsed()
+    );
 }

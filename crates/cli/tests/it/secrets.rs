@@ -38,39 +38,31 @@ workflows:
     let app = spawn_app_in(dir, &yaml).await;
     let mut answers = Vec::new();
     let auth = |r: reqwest::RequestBuilder| r.bearer_auth("ops-key");
-    for path in [
-        "/api/v1/agents",
-        "/api/v1/runs",
-        "/health",
-        "/metrics",
-        "/openapi.json",
-        "/api/v1/status/nope",
+    // Each answer is the one expected, so that an error page cannot pass for "no leak".
+    for (path, expected) in [
+        ("/api/v1/agents", 200),
+        ("/api/v1/runs", 200),
+        ("/health", 200),
+        ("/metrics", 200),
+        ("/openapi.json", 200),
+        ("/api/v1/status/nope", 404),
     ] {
-        answers.push(
-            auth(app.client.get(app.url(path)))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
+        let r = auth(app.client.get(app.url(path))).send().await.unwrap();
+        assert_eq!(r.status(), expected, "{path}");
+        answers.push(r.text().await.unwrap());
     }
-    for body in [
-        json!({"agent": "talk", "input": "x"}),
-        json!({"agent": "remote", "input": {}}),
-        json!({"agent": "nope", "input": 1}),
+    for (body, expected) in [
+        (json!({"agent": "talk", "input": "x"}), 200),
+        (json!({"agent": "remote", "input": {}}), 502),
+        (json!({"agent": "nope", "input": 1}), 404),
     ] {
-        answers.push(
-            auth(app.client.post(app.url("/api/v1/execute")))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
+        let r = auth(app.client.post(app.url("/api/v1/execute")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), expected, "{body}");
+        answers.push(r.text().await.unwrap());
     }
     let r = auth(
         app.client
@@ -80,6 +72,7 @@ workflows:
     .send()
     .await
     .unwrap();
+    assert_eq!(r.status(), 200);
     answers.push(r.text().await.unwrap());
     let bad_token = app
         .client
@@ -88,12 +81,21 @@ workflows:
         .send()
         .await
         .unwrap();
+    assert_eq!(bad_token.status(), 401);
     answers.push(bad_token.text().await.unwrap());
-    let (_, shown, _) = flotilla(
+    let (code, shown, err) = flotilla(
         app.dir.path(),
         &["config", "show", "--config", app.config.to_str().unwrap()],
         &[],
     );
+    assert_eq!(code, 0, "config show: {err}");
+    assert!(
+        shown.contains("secret: '***'")
+            || shown.contains("secret: \"***\"")
+            || shown.contains("secret: ***"),
+        "config show marks the secret as redacted: {shown}"
+    );
+    assert!(shown.contains("user:***@"), "{shown}");
     answers.push(shown);
     assert_eq!(
         llm.requests.lock().unwrap().last().unwrap().1,

@@ -141,6 +141,25 @@ async fn https_with_a_test_ca_and_certificate_reload() {
     let r = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(app.log_text().contains("TLS certificate reloaded"));
+
+    // A broken file is logged and the last good certificate stays in use.
+    std::fs::write(d.join("server.pem.new"), "not a certificate\n").unwrap();
+    std::fs::rename(d.join("server.pem.new"), d.join("server.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !app.log_text().contains("TLS certificate not reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "the broken file was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fresh = client_trusting(&d.join("two-ca.pem"));
+    let r = fresh.get(app.url("/version")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "a new handshake still gets the last good certificate"
+    );
 }
 
 #[test]

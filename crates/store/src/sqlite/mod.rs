@@ -141,6 +141,14 @@ impl SqliteStore {
         })
     }
 
+    /// The write connection's journal mode and `synchronous` level (2 = FULL: every commit
+    /// is fsynced; 1 = NORMAL: the WAL is synced at checkpoints), as it runs.
+    pub async fn write_pragmas(&self) -> Result<(String, i64)> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Pragmas(tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

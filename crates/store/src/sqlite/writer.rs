@@ -15,6 +15,8 @@ pub(crate) enum Job {
     Migrate(oneshot::Sender<Result<()>>),
     /// A write that touches the file (the schema cookie), to learn whether writes work again.
     Probe(oneshot::Sender<Result<()>>),
+    /// The write connection's journal mode and `synchronous` level.
+    Pragmas(oneshot::Sender<Result<(String, i64)>>),
 }
 
 /// The last commit's error while commits fail (a full disk, a read-only file), `None` once
@@ -95,6 +97,14 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
                 Job::Migrate(reply) => {
                     let r = savepoint(&tx, migrate);
                     replies.push(Reply::Unit(reply, r));
+                }
+                Job::Pragmas(reply) => {
+                    let read = || -> rusqlite::Result<(String, i64)> {
+                        let mode = tx.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                        let sync = tx.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+                        Ok((mode, sync))
+                    };
+                    let _ = reply.send(read().map_err(StoreError::from));
                 }
                 Job::Probe(reply) => {
                     let r = savepoint(&tx, |tx| {

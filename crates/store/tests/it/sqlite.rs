@@ -60,3 +60,26 @@ async fn memory_urls_are_refused_with_a_reason() {
         .unwrap_err();
     assert!(err.to_string().contains("not durable"), "{err}");
 }
+
+// `storage.durability: durable` fsyncs every commit (synchronous = FULL on the write
+// connection); `relaxed` does not (NORMAL); both run in WAL mode.
+#[tokio::test]
+async fn durable_fsyncs_every_commit_and_relaxed_does_not() {
+    for (durable, level) in [(true, 2), (false, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::open(
+            &url,
+            SqliteOptions {
+                durable,
+                ..SqliteOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let (mode, sync) = store.write_pragmas().await.unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, level, "durable: {durable}");
+    }
+}
