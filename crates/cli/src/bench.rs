@@ -1,7 +1,11 @@
 //! `flotilla bench`: the peers' workloads through the real engine and store.
 //!
 //! Every step is a builtin echo; every transition is recorded in the store exactly as in
-//! production (durable commits unless `--relaxed`). Prints one JSON line.
+//! production (durable commits unless `--relaxed`), with the observability `flotilla serve`
+//! runs with (its span layer and JSON logging; `--bare` leaves both out and says so). The
+//! store is a file in the working directory, whose file system the JSON line names: a tmpfs
+//! fsyncs for free, so it is refused unless `--allow-tmpfs`. Prints one JSON line, with
+//! every setting that differs from `serve`'s defaults.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,10 +38,11 @@ pub struct BenchArgs {
     /// Which workload.
     #[arg(long, value_enum)]
     workload: Workload,
-    /// Store URL (default: a fresh SQLite file in a temporary directory).
+    /// Store URL (default: a fresh SQLite file in the working directory, removed after).
     #[arg(long)]
     store: Option<String>,
-    /// Workflows to run (default: 200 chain, 100 fanout, 500 concurrent).
+    /// Workflows to run (default: 200 chain, 100 fanout, 5,000 concurrent: enough samples
+    /// for a p99).
     #[arg(long, short = 'n')]
     workflows: Option<usize>,
     /// Workflows in flight at once (concurrent workload).
@@ -53,10 +58,32 @@ pub struct BenchArgs {
     /// Store connections per engine (storage.pool_size).
     #[arg(long, default_value_t = 10)]
     pool_size: u32,
-    /// Record spans as `flotilla serve` does and export them over OTLP/HTTP to a local sink
-    /// (measures the cost of tracing).
-    #[arg(long)]
+    /// Also export the spans over OTLP/HTTP to a local sink (the cost of tracing to a
+    /// collector; `serve` exports only when an endpoint is configured).
+    #[arg(long, conflicts_with = "bare")]
     tracing: bool,
+    /// The bare engine: no span layer and no logging (not what `serve` runs; labelled so).
+    #[arg(long)]
+    bare: bool,
+    /// Accept a store on tmpfs, where fsync costs nothing (the figures then flatter durability).
+    #[arg(long)]
+    allow_tmpfs: bool,
+}
+
+/// The file system type of the mount holding `path` (from /proc/self/mountinfo).
+fn fs_type(path: &std::path::Path) -> Option<String> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mount = left.split(' ').nth(4)?;
+            let fs = right.split(' ').next()?;
+            path.starts_with(mount)
+                .then(|| (mount.len(), fs.to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fs)| fs)
 }
 
 /// A stand-in OTLP/HTTP collector on loopback that accepts every export and counts bytes.
@@ -144,24 +171,47 @@ async fn one(engine: &Engine, workflow: &str, i: usize) -> anyhow::Result<Durati
 
 /// Runs the workload and prints `{"workload","workflows","wall_s","workflows_per_s","steps_per_s","p50_ms","p99_ms","store"}`.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    // In the working directory, where a user's data would live: /tmp is often a tmpfs.
+    let dir = tempfile::Builder::new()
+        .prefix(".flotilla-bench-")
+        .tempdir_in(".")
+        .context("creating the benchmark directory in the working directory")?;
     let url = args
         .store
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let filesystem = match url.strip_prefix("sqlite://") {
+        Some(file) => {
+            let file = std::path::Path::new(file);
+            let parent = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            fs_type(parent).unwrap_or_else(|| "unknown".into())
+        }
+        None => "server".into(),
+    };
+    if filesystem == "tmpfs" && !args.allow_tmpfs {
+        bail!(
+            "the store would be on tmpfs, where fsync costs nothing and the figures mean little; \
+             run from a directory on disk, or pass --allow-tmpfs"
+        );
+    }
     let config = Arc::new(config(&url, args.relaxed, args.pool_size)?);
     if args.replicas > 1 && !url.starts_with("postgres") {
         bail!("--replicas needs a shared store (--store postgres://…); SQLite serves one process");
     }
     let mut telemetry = None;
     let mut exported = None;
-    if args.tracing {
-        let (endpoint, received) = otlp_sink().await?;
-        let mut traced = (*config).clone();
-        traced.observability.otlp = Some(OtlpConfig { endpoint });
-        traced.logging.level = "warn".into();
-        telemetry = Some(crate::logging::init(&traced)?);
-        exported = Some(received);
+    if !args.bare {
+        // What `serve` installs: the span layer and JSON logs (to stderr, at serve's level).
+        let mut observed = (*config).clone();
+        if args.tracing {
+            let (endpoint, received) = otlp_sink().await?;
+            observed.observability.otlp = Some(OtlpConfig { endpoint });
+            exported = Some(received);
+        }
+        telemetry = Some(crate::logging::init(&observed)?);
     }
     let mut engines = Vec::new();
     for i in 0..args.replicas.max(1) {
@@ -176,7 +226,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (workflow, steps, n) = match args.workload {
         Workload::Chain => ("chain", 10, args.workflows.unwrap_or(200)),
         Workload::Fanout => ("fanout", 22, args.workflows.unwrap_or(100)),
-        Workload::Concurrent => ("chain", 10, args.workflows.unwrap_or(500)),
+        Workload::Concurrent => ("chain", 10, args.workflows.unwrap_or(5_000)),
     };
     for i in 0..3 {
         one(&engines[i % engines.len()], workflow, i).await?;
@@ -226,8 +276,16 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "p50_ms": hist.value_at_quantile(0.5) as f64 / 1000.0,
         "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
         "store": format!("{} ({durability})", engine.store().backend()),
+        "filesystem": filesystem,
         "replicas": engines.len(),
-        "tracing": args.tracing,
+        "observability": if args.bare { "bare (no spans, no logs: not what serve runs)" } else if args.tracing { "serve's, spans exported over OTLP" } else { "serve's (spans and JSON logs)" },
+        // Settings that differ from `flotilla serve`'s defaults.
+        "settings": {
+            "engine.max_concurrency": config.engine.max_concurrency,
+            "storage.pool_size": config.storage.pool_size,
+            "storage.durability": durability,
+            "in_flight": matches!(args.workload, Workload::Concurrent).then_some(args.in_flight),
+        },
     });
     for e in &engines {
         e.shutdown(Duration::ZERO).await;

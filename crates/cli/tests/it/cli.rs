@@ -341,3 +341,49 @@ fn deploy_generate_writes_refuses_to_overwrite_and_explains_errors() {
         "{err}"
     );
 }
+
+// `flotilla bench` runs every workload (a few workflows each) and says what it measured.
+#[test]
+fn bench_runs_each_workload_and_discloses_its_set_up() {
+    let dir = tempfile::tempdir().unwrap();
+    for (workload, extra) in [
+        ("chain", vec![]),
+        ("fanout", vec![]),
+        ("concurrent", vec!["--in-flight", "2"]),
+    ] {
+        let mut args = vec!["bench", "--workload", workload, "-n", "3", "--allow-tmpfs"];
+        args.extend(extra);
+        let (code, out, err) = flotilla(dir.path(), &args, &[]);
+        assert_eq!(code, 0, "{workload}: {err}");
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(line["workload"], workload, "{line}");
+        assert_eq!(line["workflows"], 3, "{line}");
+        assert!(line["steps_per_s"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(line["filesystem"].as_str().is_some(), "{line}");
+        assert_eq!(line["settings"]["storage.durability"], "durable", "{line}");
+        assert!(
+            line["observability"]
+                .as_str()
+                .unwrap()
+                .starts_with("serve's"),
+            "{line}"
+        );
+    }
+    let (code, out, err) = flotilla(
+        dir.path(),
+        &[
+            "bench",
+            "--workload",
+            "chain",
+            "-n",
+            "2",
+            "--bare",
+            "--allow-tmpfs",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bare"), "{out}");
+    // Nothing is left in the working directory.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
