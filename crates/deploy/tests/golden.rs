@@ -118,4 +118,28 @@ fn pods_take_no_service_links_and_each_environment_has_its_host() {
         staging_ci.contains(&host(&staging).unwrap()),
         "the smoke test calls the staging host: {staging_ci}"
     );
+    assert!(
+        staging_ci.contains("/version") && staging_ci.contains("revision"),
+        "the smoke test waits for the new revision: {staging_ci}"
+    );
+    // CI logs in to the registry it pushes to, and needs nothing from flotilla's repository.
+    let build = find("ci/.github/workflows/build.yml");
+    assert!(build.contains("registry: registry.example.com"), "{build}");
+    assert!(
+        build.contains("tags: registry.example.com/platform/flotilla:"),
+        "{build}"
+    );
+    assert!(!build.contains("scripts/test"), "{build}");
+    // The production strategy input picks the Rollout's strategy.
+    let production_ci = find("ci/.github/workflows/deploy-production.yml");
+    assert!(
+        production_ci.contains("Choose the rollout strategy")
+            && production_ci.contains("strategy.yaml"),
+        "{production_ci}"
+    );
+    for s in ["canary", "blue-green", "rolling"] {
+        find(&format!(
+            "kubernetes/overlays/production/strategies/{s}.yaml"
+        ));
+    }
 }
