@@ -144,6 +144,7 @@ async fn serve_config(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     let grace = config.server.shutdown_grace.0;
     let limits = flotilla_server::ConnLimits {
         header_read_timeout: config.server.header_read_timeout.0,
+        idle_timeout: config.server.idle_timeout.0,
         max_connections: config.server.max_connections as usize,
     };
     let mut stop = shutdown_rx.clone();

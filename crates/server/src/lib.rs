@@ -10,6 +10,7 @@
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let limits = flotilla_server::ConnLimits {
 //!     header_read_timeout: std::time::Duration::from_secs(10),
+//!     idle_timeout: std::time::Duration::from_secs(120),
 //!     max_connections: 10_000,
 //! };
 //! flotilla_server::serve(listener, state, std::future::pending(), std::time::Duration::from_secs(30), limits).await
@@ -17,6 +18,7 @@
 //! ```
 
 pub mod auth;
+mod conn;
 mod error;
 mod extract;
 mod observe;
@@ -244,9 +246,11 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 /// Connection limits of [`serve`].
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
-    /// Time a client has to send a request's headers; also how long an idle keep-alive
-    /// connection waits for its next request.
+    /// Time a client has to send a request's headers, from their first byte (and a new
+    /// connection's first request, from the connect).
     pub header_read_timeout: Duration,
+    /// How long an idle keep-alive connection waits for its next request.
+    pub idle_timeout: Duration,
     /// Connections served at once; the next one is closed when accepted.
     pub max_connections: usize,
 }
@@ -256,8 +260,8 @@ pub struct ConnLimits {
 ///
 /// Each connection holds one of `limits.max_connections` permits for as long as it lives (a
 /// drop guard gives it back, however the connection ends); a client that sends no complete
-/// request head within `limits.header_read_timeout` is disconnected, which also bounds idle
-/// keep-alive connections. The rate-limit maps are pruned on a timer owned by this call.
+/// request head within `limits.header_read_timeout` of its first byte (or of connecting) is
+/// disconnected, and an idle keep-alive connection after `limits.idle_timeout`. The rate-limit maps are pruned on a timer owned by this call.
 pub async fn serve<L>(
     mut listener: L,
     state: AppState,
@@ -276,9 +280,9 @@ where
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The HTTP/1 timer is set per connection (conn::ConnTimer).
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     builder
         .http2()
@@ -320,6 +324,13 @@ where
                 let mut app = app.clone();
                 async move { app.call(req.map(axum::body::Body::new)).await }
             });
+        let (io, reads) = conn::CountingIo::new(io);
+        let mut builder = builder.clone();
+        builder.http1().timer(conn::ConnTimer::new(
+            reads,
+            limits.header_read_timeout,
+            limits.idle_timeout,
+        ));
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();

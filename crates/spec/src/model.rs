@@ -133,10 +133,15 @@ pub struct ServerConfig {
     /// Part of `shutdown_grace`.
     #[serde(default = "default_drain_delay")]
     pub drain_delay: Dur,
-    /// How long a client may take to send a request's headers, and how long an idle
-    /// keep-alive connection is kept open waiting for the next request.
+    /// How long a client may take to send a request's headers, from their first byte (a new
+    /// connection's first request: from the connect).
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: Dur,
+    /// How long an idle keep-alive connection is kept open waiting for the next request.
+    /// Longer than clients keep idle connections in their pools (90 s for reqwest and Go), so
+    /// that the server is not the side that closes a connection a client is reusing.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
     /// Connections served at once; one more is closed as soon as it is accepted. Keep it
     /// below the process's open-file limit.
     #[serde(default = "default_max_connections")]
@@ -153,6 +158,10 @@ fn default_drain_delay() -> Dur {
 
 fn default_header_read_timeout() -> Dur {
     Dur::secs(10)
+}
+
+fn default_idle_timeout() -> Dur {
+    Dur::secs(120)
 }
 
 fn default_max_connections() -> u32 {
@@ -196,6 +205,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             tls: None,
             header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
             drain_delay: default_drain_delay(),
             max_connections: default_max_connections(),
             max_list_bytes: default_max_list_bytes(),

@@ -62,6 +62,9 @@ pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
     if config.server.header_read_timeout.0.is_zero() {
         c.err("server.header_read_timeout", "must be longer than 0s");
     }
+    if config.server.idle_timeout.0.is_zero() {
+        c.err("server.idle_timeout", "must be longer than 0s");
+    }
     if config.server.request_timeout.0.is_zero() {
         c.err("server.request_timeout", "must be longer than 0s");
     }

@@ -337,6 +337,62 @@ async fn slow_and_many_connections_are_bounded() {
     .await;
 }
 
+/// Sends `GET /health` on `s` and reads the whole response (headers and the body their
+/// Content-Length announces).
+fn health_on(s: &mut TcpStream) -> String {
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .expect("a Content-Length");
+            if body.len() >= length {
+                return text;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("closed mid-response: {text}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+// 7b. The header timeout starts at a request's first byte: an idle keep-alive connection
+// waits for its next request up to idle_timeout, so a client reusing it is not cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_outlives_the_header_timeout() {
+    let app = spawn_app("server: { header_read_timeout: 1s, idle_timeout: 4s }\n").await;
+    let host = app.addr.trim_start_matches("http://").to_owned();
+    let idle = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(&host).unwrap();
+        assert!(health_on(&mut s).starts_with("HTTP/1.1 200"));
+        // Idle for longer than the header timeout, well inside the idle one.
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(
+            health_on(&mut s).starts_with("HTTP/1.1 200"),
+            "the reused connection was closed"
+        );
+        time_to_close(s, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert!(
+        idle >= Duration::from_secs(3) && idle < Duration::from_secs(20),
+        "an idle connection closes after idle_timeout: {idle:?}"
+    );
+}
+
 // 8. Lists are summaries, capped in size; the full run is one GET away.
 #[tokio::test]
 async fn lists_carry_no_bodies() {
