@@ -7,6 +7,7 @@ mod flags;
 mod keys;
 mod logging;
 mod monitoring;
+mod rollout;
 mod run;
 mod serve;
 mod settings;
@@ -80,6 +81,12 @@ enum Command {
         #[command(subcommand)]
         command: monitoring::MonitoringCommand,
     },
+    /// Canary, blue-green and rolling updates through nginx, judged by Prometheus and rolled
+    /// back on their own (off Kubernetes; there, Argo Rollouts runs what `deploy` writes).
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +126,7 @@ fn main() -> ExitCode {
             Command::Monitoring { command } => monitoring::run(command),
             Command::Flags { command } => flags::run(command),
             Command::Deploy { command } => deploy::run(command),
+            Command::Rollout { command } => rollout::run(command).await,
         };
         match result {
             Ok(code) => code,

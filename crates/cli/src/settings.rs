@@ -75,6 +75,17 @@ pub fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
+            // A `rollout:` section is the rollout crate's to read: check it the same way.
+            if loaded.config.rollout.is_some()
+                && let Some(path) = &args.config
+                && let Err(diags) = flotilla_rollout::load::load(path)
+            {
+                for d in &diags {
+                    eprintln!("{d}");
+                }
+                eprintln!("error: {} problem(s) in the rollout section", diags.len());
+                return Ok(ExitCode::from(2));
+            }
             println!(
                 "ok: {} ({} agents, {} workflows)",
                 loaded.files.join(" + "),

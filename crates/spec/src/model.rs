@@ -60,6 +60,10 @@ pub struct Config {
     /// What `flotilla deploy generate` builds artifacts from.
     #[serde(default)]
     pub deploy: crate::deploy::DeployConfig,
+    /// A rollout for `flotilla rollout` (read and checked by the rollout crate; `validate`
+    /// checks it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<serde_json::Value>,
 }
 
 impl Config {
