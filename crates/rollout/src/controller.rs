@@ -136,6 +136,7 @@ impl Controller {
             .unwrap_or(AnalysisRef {
                 templates: Vec::new(),
                 args: Default::default(),
+                starting_step: None,
             });
         if let Some(p) = &self.loaded.policies {
             r.templates.push(p.template.clone());
@@ -156,7 +157,7 @@ impl Controller {
             started: now,
             step_started: now,
             step_analysis: Vec::new(),
-            background: self.start_analysis(&self.background_ref(), now),
+            background: Vec::new(),
             switched_at: None,
             updated: now,
         }
@@ -377,6 +378,19 @@ impl Controller {
         Ok(Outcome::RolledBack)
     }
 
+    /// Whether background analysis should be running: from `starting_step`, or once the new
+    /// version has traffic.
+    fn background_due(&self, state: &State) -> bool {
+        match self.background_ref().starting_step {
+            Some(step) => state.step >= step,
+            None => match state.strategy {
+                Strategy::Canary => state.weight > 0,
+                Strategy::BlueGreen => state.switched_at.is_some(),
+                Strategy::Rolling => true,
+            },
+        }
+    }
+
     /// Measures every metric that is due.
     async fn measure_due(&self, state: &mut State) -> Result<bool, RolloutError> {
         let now = now_ms();
@@ -484,9 +498,8 @@ impl Controller {
                             {
                                 self.next_step(state);
                             }
-                            let now = now_ms();
-                            let bg = self.background_ref();
-                            state.background = self.start_analysis(&bg, now);
+                            // A metric that paused the rollout starts over.
+                            state.background.clear();
                         }
                         self.decide(
                             state,
@@ -506,6 +519,10 @@ impl Controller {
                     }
                 }
             }
+        }
+        if state.background.is_empty() && self.background_due(state) {
+            state.background = self.start_analysis(&self.background_ref(), now_ms());
+            changed |= !state.background.is_empty();
         }
         changed |= self.measure_due(state).await?;
         let now = now_ms();

@@ -490,7 +490,9 @@ fn check(
         );
     }
     for (which, v) in [("stable", &spec.stable), ("canary", &spec.canary)] {
-        if v.upstreams.is_empty() {
+        // A rolling update replaces the stable instances in place: it has no others.
+        let needed = which == "stable" || spec.strategy != Strategy::Rolling;
+        if needed && v.upstreams.is_empty() {
             r.at(
                 &format!("{p}{which}.upstreams"),
                 "needs at least one `host:port`",

@@ -79,7 +79,9 @@ pub enum Strategy {
 pub struct Version {
     /// Shown in status and notifications; `canary_version` in queries.
     pub version: String,
-    /// `host:port` of each instance.
+    /// `host:port` of each instance (none for a rolling update's new version, which
+    /// replaces the stable instances in place).
+    #[serde(default)]
     pub upstreams: Vec<String>,
 }
 
@@ -105,6 +107,15 @@ pub struct Nginx {
     /// Arguments given to both `nginx -t` and `nginx -s reload` (`-p`, `-c`).
     #[serde(default)]
     pub args: Vec<String>,
+    /// nginx's pid file (`/run/nginx.pid` by default): after a reload the controller waits
+    /// until the workers of the old configuration have left, so a step's traffic split is in
+    /// force when the step is recorded.
+    #[serde(default = "pid_file")]
+    pub pid_file: PathBuf,
+}
+
+fn pid_file() -> PathBuf {
+    PathBuf::from("/run/nginx.pid")
 }
 
 fn nginx_binary() -> String {
@@ -147,6 +158,11 @@ pub struct AnalysisRef {
     /// Values of the templates' `args` (`{{args.NAME}}` in queries).
     #[serde(default)]
     pub args: BTreeMap<String, String>,
+    /// Background analysis only: the step it starts at (Argo's `startingStep`). By default
+    /// it starts once the new version has traffic (a canary's first weight above 0, a
+    /// blue-green switch, a rolling update's start): before that there is nothing to judge.
+    #[serde(default)]
+    pub starting_step: Option<usize>,
 }
 
 /// A template from a file, or inline.

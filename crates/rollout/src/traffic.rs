@@ -147,8 +147,46 @@ impl TrafficRouter for NginxRouter {
             }
             return Err(e);
         }
-        self.nginx(&["-s", "reload"]).await
+        let old = workers(&self.config.pid_file);
+        self.nginx(&["-s", "reload"]).await?;
+        // Old workers finish their requests and leave; until then they serve the old split.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !old.is_empty() && std::time::Instant::now() < deadline {
+            let now = workers(&self.config.pid_file);
+            if !old.iter().any(|p| now.contains(p)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
+}
+
+/// The worker processes of the nginx master named by `pid_file` (empty when it cannot be
+/// read, or off Linux).
+fn workers(pid_file: &Path) -> Vec<u32> {
+    let Some(master) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // /proc/PID/stat: "pid (comm) state ppid …"; comm may hold spaces.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit_once(')')?.1;
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(master)
+        })
+        .collect()
 }
 
 #[cfg(test)]

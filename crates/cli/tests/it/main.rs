@@ -20,6 +20,7 @@ mod prometheus;
 mod promises;
 mod redis_cache;
 mod replicas;
+mod rollout;
 mod schemathesis;
 mod secrets;
 mod tls;

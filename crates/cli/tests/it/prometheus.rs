@@ -14,6 +14,7 @@ pub struct PrometheusServer {
     child: Child,
     pub url: String,
     client: reqwest::Client,
+    command: Vec<String>,
 }
 
 impl PrometheusServer {
@@ -24,21 +25,16 @@ impl PrometheusServer {
             return None;
         }
         let port = crate::app::free_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let command = vec![
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+        ];
         let server = PrometheusServer {
-            child,
+            child: spawn_prometheus(&command),
             url: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
+            command,
         };
         wait_until_up(
             &format!("{}/-/ready", server.url),
@@ -47,6 +43,24 @@ impl PrometheusServer {
         )
         .await;
         Some(server)
+    }
+
+    /// Stops Prometheus (an outage); [`PrometheusServer::restart`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts Prometheus again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_prometheus(&self.command);
+        wait_until_up(
+            &format!("{}/-/ready", self.url),
+            Duration::from_secs(30),
+            "prometheus (restarted)",
+        )
+        .await;
     }
 
     /// `GET /api/v1/<path>`; panics unless Prometheus answers `success`.
@@ -85,6 +99,15 @@ impl PrometheusServer {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+fn spawn_prometheus(args: &[String]) -> Child {
+    Command::new("prometheus")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 impl Drop for PrometheusServer {

@@ -1,0 +1,877 @@
+//! `flotilla rollout` against real nginx and a real Prometheus (Debian's, installed by
+//! `scripts/test`), both started here on free loopback ports: two or three flotilla
+//! backends behind nginx, Prometheus scraping them every second, bounded traffic through
+//! nginx, and the controller as its own process. Only the PagerDuty receiver is a fake.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::app::{TestApp, flotilla, free_port, installed, spawn_app, try_metric};
+use crate::prometheus::PrometheusServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+
+/// The agent every backend serves as `api`: `stable` echoes, `bad` fails 30 % of calls.
+fn backend(kind: &str) -> String {
+    let agent = match kind {
+        "bad" => {
+            "{ kind: builtin, builtin: fail, failure_rate: 0.3, circuit_breaker: { failure_threshold: 1000000 } }"
+        }
+        _ => "{ kind: builtin, builtin: echo }",
+    };
+    format!("agents:\n  api: {agent}\n")
+}
+
+/// nginx on a free port, proxying to the upstream file the rollout owns.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Nginx {
+    fn args(&self) -> Vec<String> {
+        vec![
+            "-p".into(),
+            self.dir.display().to_string(),
+            "-c".into(),
+            self.dir.join("nginx.conf").display().to_string(),
+        ]
+    }
+
+    async fn start(dir: &Path, first: &[String]) -> Option<Nginx> {
+        if !installed("nginx", "nginx", &["-v"]) {
+            return None;
+        }
+        let dir = dir.join("nginx");
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let port = free_port();
+        let servers: String = first.iter().map(|s| format!("    server {s};\n")).collect();
+        std::fs::write(
+            dir.join("upstream.conf"),
+            format!("upstream api {{\n{servers}}}\n"),
+        )
+        .unwrap();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                r#"user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  include {d}/upstream.conf;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://api;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"#
+            ),
+        )
+        .unwrap();
+        let args = [
+            "-p".to_owned(),
+            dir.display().to_string(),
+            "-c".to_owned(),
+            dir.join("nginx.conf").display().to_string(),
+        ];
+        let nginx = Nginx {
+            child: Command::new("nginx")
+                .args(args)
+                .args(["-g", "daemon off;"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+            port,
+            dir,
+        };
+        crate::app::wait_until_up(
+            &format!("http://127.0.0.1:{port}/health"),
+            Duration::from_secs(30),
+            "nginx",
+        )
+        .await;
+        Some(nginx)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    /// `nginx -s stop` (a SIGKILL of the master would leave its workers behind), then the
+    /// master is reaped; killed after 10 s if it has not gone.
+    fn drop(&mut self) {
+        let _ = Command::new("nginx")
+            .args(self.args())
+            .args(["-s", "stop"])
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Backends behind nginx, Prometheus scraping them, and a rollout file.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub stable: Vec<TestApp>,
+    pub canary: Vec<TestApp>,
+    pub nginx: Nginx,
+    pub prometheus: PrometheusServer,
+}
+
+fn host(app: &TestApp) -> String {
+    app.addr.trim_start_matches("http://").to_owned()
+}
+
+impl Fleet {
+    async fn start(stable: &[&str], canary: &[&str]) -> Option<Fleet> {
+        if !installed("nginx", "nginx", &["-v"])
+            || !installed("prometheus", "prometheus", &["--version"])
+        {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Vec::new();
+        for kind in stable {
+            s.push(spawn_app(&backend(kind)).await);
+        }
+        let mut c = Vec::new();
+        for kind in canary {
+            c.push(spawn_app(&backend(kind)).await);
+        }
+        let targets: Vec<String> = s.iter().chain(c.iter()).map(host).collect();
+        let prometheus_config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &prometheus_config,
+            format!(
+                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nscrape_configs:\n  - job_name: flotilla\n    static_configs: [ {{ targets: {} }} ]\n",
+                serde_json::to_string(&targets).unwrap()
+            ),
+        )
+        .unwrap();
+        let prometheus = PrometheusServer::start(dir.path(), &prometheus_config).await?;
+        let first: Vec<String> = s.iter().map(host).collect();
+        let nginx = Nginx::start(dir.path(), &first).await?;
+        Some(Fleet {
+            dir,
+            stable: s,
+            canary: c,
+            nginx,
+            prometheus,
+        })
+    }
+
+    /// Writes the rollout file: `body` is YAML under `rollout:` after the common fields.
+    fn rollout(&self, strategy: &str, body: &str) -> PathBuf {
+        let stable: Vec<String> = self.stable.iter().map(host).collect();
+        let canary: Vec<String> = self.canary.iter().map(host).collect();
+        let args = self.nginx.args();
+        let text = format!(
+            r#"storage: {{ url: "sqlite://{db}" }}
+rollout:
+  name: api
+  strategy: {strategy}
+  stable: {{ version: "1.0.0", upstreams: {stable} }}
+  canary: {{ version: "2.0.0", upstreams: {canary} }}
+  traffic:
+    nginx: {{ upstream_file: "{upstream}", upstream: api, args: {args}, pid_file: "{pid}" }}
+  analysis_templates:
+    - name: success-rate
+      metrics:
+        - name: success-rate
+          interval: 2s
+          failure_limit: 1
+          success_condition: "result[0] >= 0.95"
+          provider:
+            prometheus:
+              address: {prom}
+              query: &rate sum(rate(http_requests_total{{instance=~"{{{{ canary_instances }}}}",route="/api/v1/execute",code!~"5.."}}[10s])) / sum(rate(http_requests_total{{instance=~"{{{{ canary_instances }}}}",route="/api/v1/execute"}}[10s]))
+    - name: success-rate-3
+      metrics:
+        - name: success-rate
+          interval: 2s
+          count: 3
+          success_condition: "result[0] >= 0.95"
+          provider: {{ prometheus: {{ address: {prom}, query: *rate }} }}
+{body}"#,
+            db = self.dir.path().join("rollout.db").display(),
+            stable = serde_json::to_string(&stable).unwrap(),
+            canary = serde_json::to_string(&canary).unwrap(),
+            upstream = self.nginx.dir.join("upstream.conf").display(),
+            pid = self.nginx.dir.join("nginx.pid").display(),
+            args = serde_json::to_string(&args).unwrap(),
+            prom = self.prometheus.url,
+        );
+        let path = self.dir.path().join("rollout.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        flotilla(self.dir.path(), args, &[])
+    }
+
+    fn status(&self) -> Value {
+        let (code, out, err) = self.cli(&[
+            "rollout",
+            "status",
+            "--config",
+            "rollout.yaml",
+            "--output",
+            "json",
+        ]);
+        if code != 0 {
+            return json!({"missing": err});
+        }
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// Polls `status` until `check` holds (at most `within`).
+    async fn wait_status(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.status();
+            if check(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what} within {within:?}: {s:#}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// The controller as its own process.
+struct Controller {
+    child: tokio::process::Child,
+}
+
+impl Controller {
+    fn start(fleet: &Fleet) -> Controller {
+        Controller {
+            child: tokio::process::Command::new(BIN)
+                .args(["rollout", "run", "--config", "rollout.yaml"])
+                .current_dir(fleet.dir.path())
+                .env_remove("DATABASE_URL")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap(),
+        }
+    }
+
+    async fn exit(mut self, within: Duration) -> (i32, String, String) {
+        let pid = self.child.id();
+        let wait = tokio::time::timeout(within, self.child.wait()).await;
+        if wait.is_err() {
+            let _ = self.child.start_kill();
+        }
+        let out = self.child.wait_with_output().await.unwrap();
+        assert!(
+            wait.is_ok(),
+            "the rollout (pid {pid:?}) did not end within {within:?}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Requests through nginx until stopped: (sent, failed) counts.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(url: String) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (s, n, f, e) = (stop.clone(), sent.clone(), failed.clone(), errors.clone());
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            // Bounded: at most 20 minutes of traffic at ~50 requests a second.
+            for _ in 0..60_000 {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let r = client
+                    .post(&url)
+                    .json(&json!({"agent": "api", "input": {"n": 1}}))
+                    .send()
+                    .await;
+                n.fetch_add(1, Ordering::Relaxed);
+                match r {
+                    Ok(r) if r.status() == 200 => {}
+                    Ok(r) => {
+                        f.fetch_add(1, Ordering::Relaxed);
+                        let mut errs = e.lock().unwrap();
+                        if errs.len() < 5 {
+                            errs.push(format!("{}", r.status()));
+                        }
+                    }
+                    Err(err) => {
+                        f.fetch_add(1, Ordering::Relaxed);
+                        let mut errs = e.lock().unwrap();
+                        if errs.len() < 5 {
+                            errs.push(err.to_string());
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Traffic {
+            stop,
+            sent,
+            failed,
+            errors,
+            task,
+        }
+    }
+
+    async fn stop(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.errors.lock().unwrap().clone(),
+        )
+    }
+}
+
+/// `/api/v1/execute` requests a backend has answered.
+async fn served(app: &TestApp) -> f64 {
+    try_metric(
+        &app.text("/metrics").await,
+        "http_requests_total",
+        &[("route", "/api/v1/execute")],
+    )
+    .unwrap_or(0.0)
+}
+
+/// A fake PagerDuty Events v2 receiver: records every event.
+async fn fake_pagerduty() -> (String, Arc<Mutex<Vec<Value>>>, tokio::task::JoinHandle<()>) {
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/v2/enqueue",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(body);
+                (axum::http::StatusCode::ACCEPTED, "{\"status\":\"success\"}")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v2/enqueue", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_canary_is_rolled_back_on_its_own() {
+    let Some(fleet) = Fleet::start(&["stable"], &["bad"]).await else {
+        return;
+    };
+    let (pd_url, pd, _pd_task) = fake_pagerduty().await;
+    fleet.rollout(
+        "canary",
+        &format!(
+            r#"  steps:
+    - set_weight: 50
+    - pause: 10m
+    - set_weight: 100
+  background_analysis: {{ templates: [success-rate] }}
+  notifications:
+    - {{ kind: pagerduty, routing_key: test-key, url: "{pd_url}" }}
+"#
+        ),
+    );
+    let traffic = Traffic::start(fleet.nginx.url("/api/v1/execute"));
+    let started = Instant::now();
+    let controller = Controller::start(&fleet);
+    let (code, out, err) = controller.exit(Duration::from_secs(180)).await;
+    let fault_to_stable = started.elapsed();
+    assert_eq!(code, 3, "rolled back: {out}\n{err}");
+    eprintln!("ROLLOUT_BENCH fault onset to traffic back on stable: {fault_to_stable:?}");
+    let (_, failed, _) = traffic.stop().await;
+    assert!(failed > 0, "the bad canary did fail requests");
+    let status = fleet.status();
+    assert_eq!(
+        status["state"]["status"]["status"], "rolled_back",
+        "{status:#}"
+    );
+    assert_eq!(status["state"]["weight"], 0);
+    let decision = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "decision")
+        .unwrap();
+    assert_eq!(decision["body"]["decision"], "rollback", "{decision:#}");
+    assert_eq!(decision["body"]["cause"], "failure_limit");
+    assert_eq!(decision["body"]["reason"]["metric"], "success-rate");
+    assert!(
+        decision["body"]["reason"]["values"]
+            .as_str()
+            .unwrap()
+            .contains("failed"),
+        "{decision:#}"
+    );
+    // All traffic is on stable now: the canary answers nothing more.
+    let canary_before = served(&fleet.canary[0]).await;
+    let stable_before = served(&fleet.stable[0]).await;
+    let client = reqwest::Client::new();
+    for _ in 0..40 {
+        let r = client
+            .post(fleet.nginx.url("/api/v1/execute"))
+            .json(&json!({"agent": "api", "input": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(served(&fleet.canary[0]).await, canary_before);
+    assert_eq!(served(&fleet.stable[0]).await, stable_before + 40.0);
+    // PagerDuty got a trigger naming the metric.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = pd.lock().unwrap().clone();
+        if let Some(e) = events.iter().find(|e| e["event_action"] == "trigger") {
+            assert_eq!(e["routing_key"], "test-key");
+            assert!(
+                e["payload"]["summary"]
+                    .as_str()
+                    .unwrap()
+                    .contains("success-rate"),
+                "{e:#}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no PagerDuty trigger: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The key never reaches the output.
+    assert!(!out.contains("test-key") && !err.contains("test-key"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_good_canary_is_promoted_through_every_step_without_a_failed_request() {
+    let Some(fleet) = Fleet::start(&["stable"], &["stable"]).await else {
+        return;
+    };
+    fleet.rollout(
+        "canary",
+        r#"  steps:
+    - set_weight: 20
+    - analysis: { templates: [success-rate-3] }
+    - set_weight: 60
+    - pause: {}
+    - set_weight: 80
+    - pause: 2s
+"#,
+    );
+    let (code, _, err) = fleet.cli(&["rollout", "validate", "--config", "rollout.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    let traffic = Traffic::start(fleet.nginx.url("/api/v1/execute"));
+    let controller = Controller::start(&fleet);
+    // It stops at the `pause: {}` step with 60 % on the canary, until promoted.
+    fleet
+        .wait_status("paused at 60 %", Duration::from_secs(120), |s| {
+            s["state"]["status"]["status"] == "paused" && s["state"]["weight"] == 60
+        })
+        .await;
+    // pause and resume from another process, then promote.
+    let (code, _, err) = fleet.cli(&["rollout", "promote", "api", "--config", "rollout.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = controller.exit(Duration::from_secs(120)).await;
+    assert_eq!(code, 0, "promoted: {out}\n{err}");
+    let (sent, failed, errors) = traffic.stop().await;
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed: {errors:?}");
+    assert!(sent > 50, "{sent}");
+    let status = fleet.status();
+    assert_eq!(status["state"]["status"]["status"], "promoted");
+    assert_eq!(status["state"]["weight"], 100);
+    let decisions: Vec<&str> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "decision")
+        .map(|e| e["body"]["decision"].as_str().unwrap())
+        .collect();
+    assert!(decisions.contains(&"resume"), "{decisions:?}");
+    assert_eq!(decisions.last(), Some(&"promote"), "{decisions:?}");
+    // Everything goes to the canary now.
+    let stable_before = served(&fleet.stable[0]).await;
+    for _ in 0..20 {
+        reqwest::Client::new()
+            .post(fleet.nginx.url("/api/v1/execute"))
+            .json(&json!({"agent": "api", "input": {}}))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(served(&fleet.stable[0]).await, stable_before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_metrics_outage_holds_the_rollout_until_prometheus_answers() {
+    let Some(mut fleet) = Fleet::start(&["stable"], &["stable"]).await else {
+        return;
+    };
+    fleet.rollout(
+        "canary",
+        r#"  steps:
+    - set_weight: 50
+    - pause: 15s
+    - set_weight: 100
+  background_analysis: { templates: [success-rate] }
+"#,
+    );
+    let traffic = Traffic::start(fleet.nginx.url("/api/v1/execute"));
+    let controller = Controller::start(&fleet);
+    fleet
+        .wait_status(
+            "a successful background measurement",
+            Duration::from_secs(90),
+            |s| {
+                s["state"]["background"][0]["measurements"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["phase"] == "successful"))
+            },
+        )
+        .await;
+    fleet.prometheus.stop();
+    let held = fleet
+        .wait_status("holding", Duration::from_secs(60), |s| {
+            s["state"]["status"]["status"] == "holding"
+        })
+        .await;
+    assert_eq!(held["state"]["weight"], 50, "{held:#}");
+    let (code, text, err) = fleet.cli(&["rollout", "status", "--config", "rollout.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("unavailable since"), "{text}");
+    // Past the 15 s pause it still holds: no promotion, no rollback.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let still = fleet.status();
+    assert_eq!(still["state"]["status"]["status"], "holding", "{still:#}");
+    assert_eq!(still["state"]["weight"], 50);
+    fleet.prometheus.restart().await;
+    let (code, out, err) = controller.exit(Duration::from_secs(120)).await;
+    assert_eq!(code, 0, "completed once Prometheus answered: {out}\n{err}");
+    assert!(err.contains("metrics answer again"), "{err}");
+    let (sent, failed, errors) = traffic.stop().await;
+    assert_eq!(failed, 0, "{failed} of {sent}: {errors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_controller_resumes_and_obeys_pause_resume_and_abort() {
+    let Some(fleet) = Fleet::start(&["stable"], &["stable"]).await else {
+        return;
+    };
+    fleet.rollout(
+        "canary",
+        r#"  steps:
+    - set_weight: 30
+    - pause: {}
+    - set_weight: 100
+"#,
+    );
+    let mut first = Controller::start(&fleet);
+    fleet
+        .wait_status("paused at 30 %", Duration::from_secs(60), |s| {
+            s["state"]["status"]["status"] == "paused" && s["state"]["weight"] == 30
+        })
+        .await;
+    // kill -9: nothing is given a chance to clean up.
+    first.child.start_kill().unwrap();
+    let _ = first.child.wait().await;
+    let second = Controller::start(&fleet);
+    let resumed = fleet
+        .wait_status("paused by a human", Duration::from_secs(60), |s| {
+            s["state"]["status"]["status"] == "paused" && s["state"]["step"] == 1
+        })
+        .await;
+    assert_eq!(resumed["state"]["weight"], 30, "{resumed:#}");
+    let (code, _, err) = fleet.cli(&["rollout", "pause", "api", "--config", "rollout.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    fleet
+        .wait_status("paused by a human", Duration::from_secs(30), |s| {
+            s["state"]["status"]["by_human"] == true
+        })
+        .await;
+    let (code, _, err) = fleet.cli(&["rollout", "resume", "api", "--config", "rollout.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    // Resumed: back at the `pause: {}` step, which waits for promote again.
+    fleet
+        .wait_status("back at the pause step", Duration::from_secs(30), |s| {
+            s["state"]["status"]["by_human"] == false
+        })
+        .await;
+    let (code, _, err) = fleet.cli(&["rollout", "abort", "api", "--config", "rollout.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = second.exit(Duration::from_secs(60)).await;
+    assert_eq!(code, 3, "aborted: {out}\n{err}");
+    assert!(
+        err.contains("resumed at step 1 with 30%") || err.contains("resume"),
+        "{err}"
+    );
+    let status = fleet.status();
+    assert_eq!(status["state"]["status"]["status"], "aborted", "{status:#}");
+    let upstream = std::fs::read_to_string(fleet.nginx.dir.join("upstream.conf")).unwrap();
+    assert!(
+        !upstream.contains(&host(&fleet.canary[0])),
+        "the canary left the upstream: {upstream}"
+    );
+    // Commands for a rollout the store does not know are refused.
+    let (code, _, err) = fleet.cli(&["rollout", "promote", "nope", "--config", "rollout.yaml"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no rollout named `nope`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blue_green_switches_without_a_failed_request() {
+    let Some(fleet) = Fleet::start(&["stable"], &["stable"]).await else {
+        return;
+    };
+    fleet.rollout("blue_green", "  blue_green: { scale_down_delay: 2s }\n");
+    let traffic = Traffic::start(fleet.nginx.url("/api/v1/execute"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (code, out, err) = Controller::start(&fleet)
+        .exit(Duration::from_secs(60))
+        .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (sent, failed, errors) = traffic.stop().await;
+    assert_eq!(failed, 0, "{failed} of {sent}: {errors:?}");
+    let upstream = std::fs::read_to_string(fleet.nginx.dir.join("upstream.conf")).unwrap();
+    assert!(upstream.contains(&host(&fleet.canary[0])), "{upstream}");
+    assert!(!upstream.contains(&host(&fleet.stable[0])), "{upstream}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_replaces_three_instances_and_a_failed_check_restores_the_set() {
+    let Some(fleet) = Fleet::start(&["stable", "stable", "stable"], &[]).await else {
+        return;
+    };
+    let third = host(&fleet.stable[2]);
+    fleet.rollout(
+        "rolling",
+        r#"  rolling:
+    max_unavailable: 1
+    drain: 1s
+    replace: "echo {{ instance }} {{ version }} >> replaced.log"
+"#,
+    );
+    let traffic = Traffic::start(fleet.nginx.url("/api/v1/execute"));
+    let (code, out, err) = Controller::start(&fleet)
+        .exit(Duration::from_secs(90))
+        .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (sent, failed, errors) = traffic.stop().await;
+    assert_eq!(failed, 0, "{failed} of {sent}: {errors:?}");
+    let log = std::fs::read_to_string(fleet.dir.path().join("replaced.log")).unwrap();
+    assert_eq!(log.lines().count(), 3, "{log}");
+    assert!(log.contains(&format!("{third} 2.0.0")), "{log}");
+    // A new version whose third instance fails its check: stopped, the set restored.
+    let path = fleet.dir.path().join("rollout.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"2.0.0\"", "\"3.0.0\"")
+        .replace(
+            "replace: \"echo {{ instance }} {{ version }} >> replaced.log\"",
+            &format!(
+                "replace: \"test {{{{ instance }}}} != {third}\"\n    restore: \"echo {{{{ instance }}}} {{{{ version }}}} >> restored.log\"\n    health_timeout: 3s"
+            ),
+        );
+    std::fs::write(&path, text).unwrap();
+    let traffic = Traffic::start(fleet.nginx.url("/api/v1/execute"));
+    let (code, out, err) = Controller::start(&fleet)
+        .exit(Duration::from_secs(90))
+        .await;
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        err.contains(&format!("instance {third} failed its check")),
+        "{err}"
+    );
+    let (sent, failed, errors) = traffic.stop().await;
+    assert_eq!(failed, 0, "{failed} of {sent}: {errors:?}");
+    let restored = std::fs::read_to_string(fleet.dir.path().join("restored.log")).unwrap();
+    assert_eq!(restored.trim(), format!("{third} 1.0.0"));
+    let upstream = std::fs::read_to_string(fleet.nginx.dir.join("upstream.conf")).unwrap();
+    for app in &fleet.stable {
+        assert!(upstream.contains(&host(app)), "{upstream}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configuration_nginx_refuses_is_never_loaded() {
+    let Some(fleet) = Fleet::start(&["stable"], &["stable"]).await else {
+        return;
+    };
+    let path = fleet.rollout("canary", "  steps:\n    - set_weight: 50\n");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&host(&fleet.canary[0]), "127.0.0.1:99999");
+    std::fs::write(&path, text).unwrap();
+    let (code, out, err) = Controller::start(&fleet)
+        .exit(Duration::from_secs(60))
+        .await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    let status = fleet.status();
+    let error = status["state"]["status"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("nginx -t") && error.contains("99999"),
+        "{error}"
+    );
+    let upstream = std::fs::read_to_string(fleet.nginx.dir.join("upstream.conf")).unwrap();
+    assert!(
+        !upstream.contains("99999") && upstream.contains(&host(&fleet.stable[0])),
+        "the refused file was put back: {upstream}"
+    );
+    // nginx still serves, on the stable version.
+    let r = reqwest::Client::new()
+        .post(fleet.nginx.url("/api/v1/execute"))
+        .json(&json!({"agent": "api", "input": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn analyze_is_a_ci_gate_and_reads_the_generated_analysis_templates() {
+    let Some(fleet) = Fleet::start(&["stable"], &[]).await else {
+        return;
+    };
+    let prom = &fleet.prometheus.url;
+    let gates = fleet.dir.path().join("gates.yaml");
+    std::fs::write(
+        &gates,
+        format!(
+            r#"name: passes
+metrics:
+  - {{ name: one, success_condition: "result[0] >= 1", provider: {{ prometheus: {{ address: "{prom}", query: "vector(1)" }} }} }}
+---
+name: fails
+metrics:
+  - {{ name: zero, success_condition: "result[0] >= 1", provider: {{ prometheus: {{ address: "{prom}", query: "vector(0)" }} }} }}
+---
+name: dark
+metrics:
+  - {{ name: nobody, success_condition: "result[0] >= 1", provider: {{ prometheus: {{ address: "http://127.0.0.1:{dead}", query: "vector(1)" }} }} }}
+"#,
+            dead = free_port()
+        ),
+    )
+    .unwrap();
+    for (name, want) in [("passes", 0), ("fails", 3), ("dark", 4)] {
+        let (code, out, err) = fleet.cli(&[
+            "rollout",
+            "analyze",
+            "--template",
+            "gates.yaml",
+            "--name",
+            name,
+            "--duration",
+            "3s",
+        ]);
+        assert_eq!(code, want, "{name}: {out}\n{err}");
+    }
+    // The AnalysisTemplates `deploy generate` writes load as they are (no series for them
+    // here: inconclusive, exit 4).
+    std::fs::write(
+        fleet.dir.path().join("flotilla.yaml"),
+        "storage: { url: \"postgres://flotilla@db/flotilla\" }\nagents: { echo: { kind: builtin, builtin: echo } }\n",
+    )
+    .unwrap();
+    let (code, _, err) = fleet.cli(&[
+        "deploy",
+        "generate",
+        "--config",
+        "flotilla.yaml",
+        "--target",
+        "kubernetes",
+        "--output",
+        "deploy",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let generated = fleet
+        .dir
+        .path()
+        .join("deploy/kubernetes/base/analysistemplates.yaml");
+    let text = std::fs::read_to_string(&generated)
+        .unwrap()
+        .replace("http://prometheus.monitoring.svc:9090", prom);
+    std::fs::write(&generated, text).unwrap();
+    let (code, out, err) = fleet.cli(&[
+        "rollout",
+        "analyze",
+        "--template",
+        generated.to_str().unwrap(),
+        "--arg",
+        "service-name=flotilla",
+        "--arg",
+        "namespace=default",
+        "--arg",
+        "canary-hash=abc",
+        "--duration",
+        "3s",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 4, "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["verdict"], "inconclusive");
+    assert_eq!(v["metrics"].as_array().unwrap().len(), 3, "{v:#}");
+}
