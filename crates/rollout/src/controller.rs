@@ -159,6 +159,7 @@ impl Controller {
             step_analysis: Vec::new(),
             background: Vec::new(),
             switched_at: None,
+            rollback_at: None,
             updated: now,
         }
     }
@@ -378,6 +379,18 @@ impl Controller {
         Ok(Outcome::RolledBack)
     }
 
+    /// The rollback policies' delay, when `reason` is one of their metrics.
+    fn delayed(&self, reason: &analysis::Reason) -> Option<Duration> {
+        let p = self.loaded.policies.as_ref()?;
+        let delay = p.rollback_delay?.0;
+        let template = self.loaded.templates.get(&p.template)?;
+        template
+            .metrics
+            .iter()
+            .any(|m| m.name == reason.metric)
+            .then_some(delay)
+    }
+
     /// Whether background analysis should be running: from `starting_step`, or once the new
     /// version has traffic.
     fn background_due(&self, state: &State) -> bool {
@@ -498,8 +511,10 @@ impl Controller {
                             {
                                 self.next_step(state);
                             }
-                            // A metric that paused the rollout starts over.
+                            // A metric that paused the rollout starts over, and a delayed
+                            // rollback is called off.
                             state.background.clear();
+                            state.rollback_at = None;
                         }
                         self.decide(
                             state,
@@ -545,6 +560,51 @@ impl Controller {
             }
         }
         match verdict {
+            Verdict::Abort { reason } if self.delayed(&reason).is_some() => {
+                let delay = self.delayed(&reason).unwrap_or_default();
+                match state.rollback_at {
+                    None => {
+                        state.rollback_at = Some(now + delay.as_millis() as i64);
+                        state.status = Status::Paused {
+                            reason: format!(
+                                "rolling back in {} unless promoted: {reason}",
+                                humantime::format_duration(delay)
+                            ),
+                            by_human: false,
+                        };
+                        let message = format!(
+                            "paused; the rollback policies roll back in {}",
+                            humantime::format_duration(delay)
+                        );
+                        self.decide(
+                            state,
+                            Decision::Pause,
+                            Cause::of(&reason),
+                            &message,
+                            Some(reason.clone()),
+                        )
+                        .await?;
+                        self.announce(state, EventKind::Paused, &message, Some(reason));
+                        changed = true;
+                    }
+                    Some(at) if now >= at => {
+                        return self
+                            .roll_back(
+                                state,
+                                Decision::Rollback,
+                                Cause::of(&reason),
+                                format!(
+                                    "rolled back after the policies' delay: metric {} failed",
+                                    reason.metric
+                                ),
+                                Some(reason),
+                            )
+                            .await
+                            .map(Some);
+                    }
+                    Some(_) => {}
+                }
+            }
             Verdict::Abort { reason } => {
                 return self
                     .roll_back(

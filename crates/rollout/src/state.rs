@@ -109,6 +109,10 @@ pub struct State {
     pub background: Vec<MetricRun>,
     /// Blue-green: when traffic switched to the new colour.
     pub switched_at: Option<i64>,
+    /// A rollback the rollback policies delayed (`automatic_rollback.delay`): Unix ms it
+    /// happens at unless a human promotes or aborts first.
+    #[serde(default)]
+    pub rollback_at: Option<i64>,
     /// Unix ms of the last change.
     pub updated: i64,
 }

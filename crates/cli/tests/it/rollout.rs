@@ -875,3 +875,31 @@ metrics:
     assert_eq!(v["verdict"], "inconclusive");
     assert_eq!(v["metrics"].as_array().unwrap().len(), 3, "{v:#}");
 }
+
+#[test]
+fn rollout_files_are_checked_like_every_config_and_every_subcommand_explains_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flotilla.yaml"),
+        "agents: { echo: { kind: builtin, builtin: echo } }\nrollout:\n  name: api\n  strategy: canary\n  stable: { version: \"1\", upstreams: [\"127.0.0.1:1\"] }\n  canary: { version: \"2\", upstreams: [\"127.0.0.1:2\"] }\n  traffic: { nginx: { upstream_file: u.conf, upstream: api } }\n  steps: [ { set_weight: 150 } ]\n",
+    )
+    .unwrap();
+    for args in [
+        &["rollout", "validate", "--config", "flotilla.yaml"][..],
+        &["validate", "--config", "flotilla.yaml"][..],
+    ] {
+        let (code, _, err) = flotilla(dir.path(), args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("flotilla.yaml:8:") && err.contains("150"),
+            "{err}"
+        );
+    }
+    for sub in [
+        "run", "status", "promote", "abort", "pause", "resume", "analyze", "validate",
+    ] {
+        let (code, out, err) = flotilla(dir.path(), &["rollout", sub, "--help"], &[]);
+        assert_eq!(code, 0, "{sub}: {err}");
+        assert!(out.len() > 200, "{sub} --help says too little: {out}");
+    }
+}
