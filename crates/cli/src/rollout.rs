@@ -25,6 +25,18 @@ pub enum Output {
     Json,
 }
 
+/// A strategy on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StrategyArg {
+    /// Weighted steps.
+    Canary,
+    /// Switch colours.
+    #[value(name = "blue_green", alias = "blue-green")]
+    BlueGreen,
+    /// Replace instances a few at a time.
+    Rolling,
+}
+
 /// Which rollout, and where its state lives.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
@@ -54,6 +66,12 @@ pub enum RolloutCommand {
         /// Serve the controller's metrics (`rollout_decisions_total`, …) on this address.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Use this strategy rather than the file's (chosen when a deploy is dispatched).
+        #[arg(long, value_enum)]
+        strategy: Option<StrategyArg>,
+        /// The new version's name rather than the file's (a commit, a tag).
+        #[arg(long)]
+        canary_version: Option<String>,
         /// How the result is printed.
         #[arg(long, value_enum, default_value_t)]
         output: Output,
@@ -187,12 +205,31 @@ pub async fn run(command: RolloutCommand) -> anyhow::Result<ExitCode> {
             config,
             store,
             metrics_listen,
+            strategy,
+            canary_version,
             output,
         } => {
-            let loaded = match load(&config) {
+            let mut loaded = match load(&config) {
                 Ok(l) => l,
                 Err(code) => return Ok(code),
             };
+            if let Some(s) = strategy {
+                use flotilla_rollout::spec::Strategy;
+                loaded.spec.strategy = match s {
+                    StrategyArg::Canary => Strategy::Canary,
+                    StrategyArg::BlueGreen => Strategy::BlueGreen,
+                    StrategyArg::Rolling => Strategy::Rolling,
+                };
+                if loaded.spec.strategy == Strategy::Rolling && loaded.spec.rolling.is_none() {
+                    eprintln!(
+                        "error: --strategy rolling needs a `rolling:` section in the rollout"
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            if let Some(v) = canary_version {
+                loaded.spec.canary.version = v;
+            }
             let url = store_url(
                 store.as_deref(),
                 Some(&config),

@@ -116,9 +116,34 @@ pub(super) fn ci(d: &DeployConfig) -> Result<Vec<File>, GenerateError> {
             "steps": prod_steps,
         }},
     });
+    // Off Kubernetes (one host, compose, VMs): `flotilla rollout` on the host is the
+    // controller, nginx shifts the traffic, Prometheus judges, and it rolls back on its own.
+    let hosts = json!({
+        "name": "deploy production (hosts)",
+        "on": {"workflow_dispatch": {"inputs": {"strategy": {
+            "description": "How the new version replaces the old (flotilla rollout carries it out through nginx, judged by Prometheus)",
+            "type": "choice",
+            "options": ["canary", "blue_green", "rolling"],
+            "default": match d.rollout.strategy { Strategy::Canary => "canary", Strategy::BlueGreen => "blue_green", Strategy::Rolling => "rolling" },
+        }}}},
+        "permissions": {"contents": "read"},
+        "concurrency": {"group": "production-hosts", "cancel-in-progress": false},
+        "jobs": {"production": {
+            "runs-on": ["self-hosted", "flotilla-production"],
+            "timeout-minutes": 90,
+            "environment": "production",
+            "steps": [
+                {"uses": "actions/checkout@v4"},
+                {"name": "Check the rollout", "run": "flotilla rollout validate --config flotilla.yaml"},
+                {"name": "Roll out (exit 3: rolled back on its own; the reason is in the status)", "run": "flotilla rollout run --config flotilla.yaml --strategy \"${{ inputs.strategy }}\" --canary-version \"${{ github.sha }}\""},
+                {"name": "Show what happened", "if": "always()", "run": "flotilla rollout status --config flotilla.yaml"},
+            ],
+        }},
+    });
     Ok(vec![
         yaml("ci/.github/workflows/build.yml", &[build])?,
         yaml("ci/.github/workflows/deploy-staging.yml", &[staging])?,
         yaml("ci/.github/workflows/deploy-production.yml", &[production])?,
+        yaml("ci/.github/workflows/deploy-production-hosts.yml", &[hosts])?,
     ])
 }
