@@ -166,7 +166,13 @@ fn store_url(flag: Option<&str>, file: Option<&Path>, rollout_store: Option<&str
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://flotilla.db".into())
 }
 
-async fn open_target(target: &Target) -> anyhow::Result<(String, Arc<dyn StateStore>)> {
+type Opened = (
+    String,
+    Arc<dyn StateStore>,
+    Option<flotilla_rollout::load::Loaded>,
+);
+
+async fn open_target(target: &Target) -> anyhow::Result<Opened> {
     let loaded = match &target.config {
         Some(f) => Some(load(f).map_err(|_| anyhow::anyhow!("the rollout file is invalid"))?),
         None => None,
@@ -182,7 +188,7 @@ async fn open_target(target: &Target) -> anyhow::Result<(String, Arc<dyn StateSt
         loaded.as_ref().and_then(|l| l.spec.store.as_deref()),
     );
     let store = store::open(&url).await?;
-    Ok((name, store))
+    Ok((name, store, loaded))
 }
 
 /// Runs a `flotilla rollout` subcommand.
@@ -267,14 +273,18 @@ pub async fn run(command: RolloutCommand) -> anyhow::Result<ExitCode> {
             history,
             output,
         } => {
-            let (name, store) = open_target(&target).await?;
+            let (name, store, loaded) = open_target(&target).await?;
             let Some(state) = store.load(&name).await? else {
                 anyhow::bail!("no rollout named `{name}` in the store");
             };
             let entries = store.history(&name, history).await?;
+            let steps = loaded
+                .filter(|l| l.spec.name == name)
+                .map(|l| l.spec.steps)
+                .unwrap_or_default();
             match output {
                 Output::Json => println!("{}", json!({"state": state, "history": entries})),
-                Output::Text => print_status(&state, &entries),
+                Output::Text => print_status(&state, &steps, &entries),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -295,7 +305,7 @@ pub async fn run(command: RolloutCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn send(target: &Target, command: Command) -> anyhow::Result<ExitCode> {
-    let (name, store) = open_target(target).await?;
+    let (name, store, _) = open_target(target).await?;
     if store.load(&name).await?.is_none() {
         anyhow::bail!("no rollout named `{name}` in the store");
     }
@@ -304,7 +314,11 @@ async fn send(target: &Target, command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(state: &serde_json::Value, entries: &[store::Entry]) {
+fn print_status(
+    state: &serde_json::Value,
+    steps: &[flotilla_rollout::spec::Step],
+    entries: &[store::Entry],
+) {
     let status = &state["status"];
     println!("rollout:  {}", state["name"].as_str().unwrap_or("?"));
     println!(
@@ -324,6 +338,22 @@ fn print_status(state: &serde_json::Value, entries: &[store::Entry]) {
         }
     }
     println!("step:     {}   weight: {}%", state["step"], state["weight"]);
+    let current = state["step"].as_u64().unwrap_or(0) as usize;
+    for (i, step) in steps.iter().enumerate() {
+        use flotilla_rollout::spec::{Pause, Step};
+        let text = match step {
+            Step::SetWeight(w) => format!("set_weight {w}"),
+            Step::Pause(Pause::For(d)) => format!("pause {d}"),
+            Step::Pause(Pause::UntilPromoted(_)) => "pause until promoted".into(),
+            Step::Analysis(a) => format!("analysis {}", a.templates.join(", ")),
+        };
+        let mark = match i.cmp(&current) {
+            std::cmp::Ordering::Less => "done",
+            std::cmp::Ordering::Equal => " -> ",
+            std::cmp::Ordering::Greater => "    ",
+        };
+        println!("  {mark} {i}: {text}");
+    }
     for (title, key) in [("analysis", "step_analysis"), ("background", "background")] {
         for run in state[key].as_array().into_iter().flatten() {
             let ms = run["measurements"].as_array().cloned().unwrap_or_default();

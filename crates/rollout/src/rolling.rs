@@ -117,20 +117,23 @@ pub(crate) async fn turn(
         }
     }
     if let Some((instance, error)) = failure {
-        // Put the failed group back on the stable version, then the whole set in service.
+        // Put every instance this update replaced back on the stable version: the failed
+        // group (out of service already), then the earlier groups newest first, each leaving
+        // the upstream while it is restored. Then the whole set is in service again.
         if let Some(restore) = &rolling.restore {
-            for i in &group {
-                let restored = async {
-                    shell(&render(restore, i, &spec.stable.version)?).await?;
-                    healthy(
-                        &render(&rolling.health_url, i, &spec.stable.version)?,
-                        rolling.health_timeout.0,
-                    )
-                    .await
-                };
-                if let Err(e) = restored.await {
-                    tracing::error!(instance = %i, error = %e, "restoring an instance failed");
+            let stable_version = &spec.stable.version;
+            restore_group(rolling, restore, &group, stable_version).await;
+            for earlier in groups[..state.step].iter().rev() {
+                let serving: Vec<String> = all
+                    .iter()
+                    .filter(|u| !earlier.contains(u))
+                    .cloned()
+                    .collect();
+                if let Err(e) = c.traffic.apply(&Routing::Only(serving)).await {
+                    return fail(c, state, e.to_string()).await;
                 }
+                tokio::time::sleep(rolling.drain.0).await;
+                restore_group(rolling, restore, earlier, stable_version).await;
             }
         }
         if let Err(e) = c.traffic.apply(&Routing::Only(all)).await {
@@ -177,6 +180,24 @@ pub(crate) async fn turn(
     .await?;
     *changed = true;
     Ok(None)
+}
+
+/// Runs `restore` on each instance and waits for its health check; failures are logged (the
+/// rollout is being rolled back already).
+async fn restore_group(rolling: &Rolling, restore: &str, group: &[String], version: &str) {
+    for i in group {
+        let restored = async {
+            shell(&render(restore, i, version)?).await?;
+            healthy(
+                &render(&rolling.health_url, i, version)?,
+                rolling.health_timeout.0,
+            )
+            .await
+        };
+        if let Err(e) = restored.await {
+            tracing::error!(instance = %i, error = %e, "restoring an instance failed");
+        }
+    }
 }
 
 async fn record(

@@ -601,6 +601,10 @@ async fn a_metrics_outage_holds_the_rollout_until_prometheus_answers() {
     let (code, text, err) = fleet.cli(&["rollout", "status", "--config", "rollout.yaml"]);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("unavailable since"), "{text}");
+    assert!(
+        text.contains("done 0: set_weight 50") && text.contains(" ->  1: pause 15s"),
+        "{text}"
+    );
     // Past the 15 s pause it still holds: no promotion, no rollback.
     tokio::time::sleep(Duration::from_secs(20)).await;
     let still = fleet.status();
@@ -730,8 +734,9 @@ async fn rolling_replaces_three_instances_and_a_failed_check_restores_the_set() 
         .replace("\"2.0.0\"", "\"3.0.0\"")
         .replace(
             "replace: \"echo {{ instance }} {{ version }} >> replaced.log\"",
+            // The third instance is replaced, then fails its health check (a 404).
             &format!(
-                "replace: \"test {{{{ instance }}}} != {third}\"\n    restore: \"echo {{{{ instance }}}} {{{{ version }}}} >> restored.log\"\n    health_timeout: 3s"
+                "replace: \"echo {{{{ instance }}}} {{{{ version }}}} >> replaced.log\"\n    restore: \"echo {{{{ instance }}}} {{{{ version }}}} >> restored.log\"\n    health_url: \"http://{{{{ instance }}}}{{{{ '/nope' if instance == '{third}' else '/readyz' }}}}\"\n    health_timeout: 3s"
             ),
         );
     std::fs::write(&path, text).unwrap();
@@ -746,8 +751,15 @@ async fn rolling_replaces_three_instances_and_a_failed_check_restores_the_set() 
     );
     let (sent, failed, errors) = traffic.stop().await;
     assert_eq!(failed, 0, "{failed} of {sent}: {errors:?}");
+    // Every instance it replaced is back on the stable version: the failed one first.
     let restored = std::fs::read_to_string(fleet.dir.path().join("restored.log")).unwrap();
-    assert_eq!(restored.trim(), format!("{third} 1.0.0"));
+    let restored: Vec<&str> = restored.lines().collect();
+    assert_eq!(restored.len(), 3, "{restored:?}");
+    assert_eq!(restored[0], format!("{third} 1.0.0"));
+    assert!(
+        restored.iter().all(|l| l.ends_with(" 1.0.0")),
+        "{restored:?}"
+    );
     let upstream = std::fs::read_to_string(fleet.nginx.dir.join("upstream.conf")).unwrap();
     for app in &fleet.stable {
         assert!(upstream.contains(&host(app)), "{upstream}");
