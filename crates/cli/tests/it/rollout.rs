@@ -280,9 +280,14 @@ struct Controller {
 
 impl Controller {
     fn start(fleet: &Fleet) -> Controller {
+        Controller::start_with(fleet, &[])
+    }
+
+    fn start_with(fleet: &Fleet, extra: &[&str]) -> Controller {
         Controller {
             child: tokio::process::Command::new(BIN)
                 .args(["rollout", "run", "--config", "rollout.yaml"])
+                .args(extra)
                 .current_dir(fleet.dir.path())
                 .env_remove("DATABASE_URL")
                 .stdout(Stdio::piped())
@@ -524,13 +529,36 @@ async fn a_good_canary_is_promoted_through_every_step_without_a_failed_request()
     let (code, _, err) = fleet.cli(&["rollout", "validate", "--config", "rollout.yaml"]);
     assert_eq!(code, 0, "{err}");
     let traffic = Traffic::start(fleet.nginx.url("/api/v1/execute"));
-    let controller = Controller::start(&fleet);
+    let metrics_port = free_port().to_string();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let controller = Controller::start_with(&fleet, &["--metrics-listen", &listen]);
     // It stops at the `pause: {}` step with 60 % on the canary, until promoted.
     fleet
         .wait_status("paused at 60 %", Duration::from_secs(120), |s| {
             s["state"]["status"]["status"] == "paused" && s["state"]["weight"] == 60
         })
         .await;
+    // The controller's own metrics count its decisions by kind and reason.
+    let exposition = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let advanced = try_metric(
+        &exposition,
+        "rollout_decisions_total",
+        &[
+            ("rollout", "api"),
+            ("decision", "advance"),
+            ("reason", "step"),
+        ],
+    );
+    assert_eq!(advanced, Some(3.0), "{exposition}");
+    assert!(
+        exposition.contains("rollout_canary_weight{rollout=\"api\"} 60"),
+        "{exposition}"
+    );
     // pause and resume from another process, then promote.
     let (code, _, err) = fleet.cli(&["rollout", "promote", "api", "--config", "rollout.yaml"]);
     assert_eq!(code, 0, "{err}");
