@@ -397,12 +397,15 @@ async fn served(app: &TestApp) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// A fake PagerDuty Events v2 receiver: records every event.
-async fn fake_pagerduty() -> (String, Arc<Mutex<Vec<Value>>>, tokio::task::JoinHandle<()>) {
+/// A fake receiver of webhooks (PagerDuty's Events v2, Slack's incoming webhooks): records
+/// every JSON body posted to `path`.
+async fn fake_receiver(
+    path: &'static str,
+) -> (String, Arc<Mutex<Vec<Value>>>, tokio::task::JoinHandle<()>) {
     let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
     let s = seen.clone();
     let app = axum::Router::new().route(
-        "/v2/enqueue",
+        path,
         axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
             let s = s.clone();
             async move {
@@ -412,11 +415,27 @@ async fn fake_pagerduty() -> (String, Arc<Mutex<Vec<Value>>>, tokio::task::JoinH
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v2/enqueue", listener.local_addr().unwrap());
+    let url = format!("http://{}{path}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
     (url, seen, task)
+}
+
+/// Waits until `seen` holds a body for which `check` holds (at most 20 s).
+async fn received(seen: &Mutex<Vec<Value>>, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = seen.lock().unwrap().iter().find(|v| check(v)) {
+            return v.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never arrived: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -424,7 +443,7 @@ async fn a_bad_canary_is_rolled_back_on_its_own() {
     let Some(fleet) = Fleet::start(&["stable"], &["bad"]).await else {
         return;
     };
-    let (pd_url, pd, _pd_task) = fake_pagerduty().await;
+    let (pd_url, pd, _pd_task) = fake_receiver("/v2/enqueue").await;
     fleet.rollout(
         "canary",
         &format!(
@@ -486,26 +505,13 @@ async fn a_bad_canary_is_rolled_back_on_its_own() {
     assert_eq!(served(&fleet.canary[0]).await, canary_before);
     assert_eq!(served(&fleet.stable[0]).await, stable_before + 40.0);
     // PagerDuty got a trigger naming the metric.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let events = pd.lock().unwrap().clone();
-        if let Some(e) = events.iter().find(|e| e["event_action"] == "trigger") {
-            assert_eq!(e["routing_key"], "test-key");
-            assert!(
-                e["payload"]["summary"]
-                    .as_str()
-                    .unwrap()
-                    .contains("success-rate"),
-                "{e:#}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no PagerDuty trigger: {events:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let e = received(&pd, "a PagerDuty trigger", |e| {
+        e["event_action"] == "trigger"
+    })
+    .await;
+    assert_eq!(e["routing_key"], "test-key");
+    let summary = e["payload"]["summary"].as_str().unwrap();
+    assert!(summary.contains("success-rate"), "{e:#}");
     // The key never reaches the output.
     assert!(!out.contains("test-key") && !err.contains("test-key"));
 }
@@ -651,13 +657,17 @@ async fn a_killed_controller_resumes_and_obeys_pause_resume_and_abort() {
     let Some(fleet) = Fleet::start(&["stable"], &["stable"]).await else {
         return;
     };
+    let (slack_url, slack, _slack_task) = fake_receiver("/slack").await;
     fleet.rollout(
         "canary",
-        r#"  steps:
+        &format!(
+            r#"  steps:
     - set_weight: 30
-    - pause: {}
+    - pause: {{}}
     - set_weight: 100
-"#,
+  notifications: [ {{ kind: slack, url: "{slack_url}" }} ]
+"#
+        ),
     );
     let mut first = Controller::start(&fleet);
     fleet
@@ -700,6 +710,15 @@ async fn a_killed_controller_resumes_and_obeys_pause_resume_and_abort() {
     );
     let status = fleet.status();
     assert_eq!(status["state"]["status"]["status"], "aborted", "{status:#}");
+    // Slack heard of the start, the resumption, the pause and the abort.
+    let text = |v: &Value| v["text"].as_str().unwrap_or("").to_owned();
+    received(&slack, "start", |v| text(v).contains("started: 1.0.0")).await;
+    received(&slack, "resumption", |v| {
+        text(v).contains("resumed at step 1")
+    })
+    .await;
+    received(&slack, "pause", |v| text(v).contains("waiting for promote")).await;
+    received(&slack, "abort", |v| text(v).contains("aborted")).await;
     let upstream = std::fs::read_to_string(fleet.nginx.dir.join("upstream.conf")).unwrap();
     assert!(
         !upstream.contains(&host(&fleet.canary[0])),
