@@ -177,6 +177,9 @@ pub struct Metrics {
     pub llm_tokens: Family<LlmTokenLabels, Counter>,
     /// `llm_cost_usd_total`.
     pub llm_cost: Family<LlmLabels, Counter<f64, AtomicU64>>,
+    /// `llm_structured_output_retries_total`: answers that did not match `response_schema`
+    /// and were asked again.
+    pub llm_structured_retries: Family<LlmLabels, Counter>,
     /// `rate_limited_requests_total`.
     pub rate_limited: Family<GroupLabels, Counter>,
     /// `cache_requests_total`.
@@ -212,6 +215,7 @@ impl Metrics {
             step_retries: Family::default(),
             llm_tokens: Family::default(),
             llm_cost: Family::default(),
+            llm_structured_retries: Family::default(),
             rate_limited: Family::default(),
             cache_requests: Family::default(),
             budget_usd: Family::default(),
@@ -294,6 +298,11 @@ impl Metrics {
         );
         r.register("llm_tokens", "LLM tokens by kind", m.llm_tokens.clone());
         r.register("llm_cost_usd", "LLM spend in USD", m.llm_cost.clone());
+        r.register(
+            "llm_structured_output_retries",
+            "LLM answers that did not match response_schema and were asked again",
+            m.llm_structured_retries.clone(),
+        );
         r.register(
             "rate_limited_requests",
             "Requests refused by a rate limit",

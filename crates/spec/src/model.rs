@@ -492,6 +492,27 @@ pub struct LlmProvider {
     /// Bearer token; usually `${OPENAI_API_KEY}`. Redacted everywhere.
     #[serde(default)]
     pub api_key: Option<String>,
+    /// How a `response_schema` is asked for: providers differ.
+    #[serde(default)]
+    pub structured_output: StructuredOutput,
+}
+
+/// How an llm agent's `response_schema` reaches the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredOutput {
+    /// `json_schema` first; when the provider refuses a `response_format`, the next mode
+    /// that works (`json_object`, then `prompt`), remembered for the provider.
+    #[default]
+    Auto,
+    /// `response_format: {type: json_schema, json_schema: {schema}}` (OpenAI, vLLM).
+    JsonSchema,
+    /// `response_format: {type: json_object, schema}` (llama.cpp's server).
+    JsonObject,
+    /// `format: <schema>` (Ollama).
+    Ollama,
+    /// The schema in the prompt, nothing in the request (any model).
+    Prompt,
 }
 
 /// Price of a model per 1,000 tokens, in USD.

@@ -187,3 +187,55 @@ pub async fn fake_llm_scripted(content: &'static str, script: Vec<(u16, Option<u
         _task: task,
     }
 }
+
+/// A fake provider that takes one way of asking for structured output (`json_schema`,
+/// `json_object`, `ollama` or `prompt`) and refuses the others with a 400 naming
+/// `response_format`, as llama.cpp's server does; it answers `answers` in turn (the last
+/// one repeats).
+pub async fn fake_llm_picky(accepts: &'static str, answers: Vec<&'static str>) -> FakeLlm {
+    use axum::response::IntoResponse;
+    let requests: Arc<Mutex<Vec<(Value, String)>>> = Arc::default();
+    let r2 = requests.clone();
+    let answers = Arc::new(Mutex::new(std::collections::VecDeque::from(answers)));
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let r2 = r2.clone();
+            let answers = answers.clone();
+            async move {
+                let mode = match body["response_format"]["type"].as_str() {
+                    Some(t) => t.to_owned(),
+                    None if body.get("format").is_some() => "ollama".into(),
+                    None => "prompt".into(),
+                };
+                r2.lock().unwrap().push((body, String::new()));
+                if mode != accepts {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        Json(json!({"error": {"message": format!("response_format type {mode} is not supported")}})),
+                    )
+                        .into_response();
+                }
+                let content = {
+                    let mut a = answers.lock().unwrap();
+                    if a.len() > 1 { a.pop_front().unwrap() } else { a[0] }
+                };
+                Json(json!({
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+                }))
+                .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    FakeLlm {
+        base_url,
+        requests,
+        _task: task,
+    }
+}

@@ -13,6 +13,7 @@ mod engine;
 mod fakes;
 mod flags;
 mod hostile;
+mod llm;
 mod mlflow;
 mod outage;
 mod pg;

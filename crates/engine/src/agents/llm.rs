@@ -1,10 +1,11 @@
 //! LLM agents: OpenAI-compatible chat completions (OpenAI, Ollama, vLLM, llama.cpp…).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flotilla_spec::{AgentConfig, Config, ModelPrice};
+use flotilla_spec::{AgentConfig, Config, ModelPrice, StructuredOutput};
 use serde_json::{Value, json};
 
 use super::{Agent, AgentError, AgentRequest, AgentResponse, Usage};
@@ -13,9 +14,28 @@ use crate::metrics::{LlmLabels, LlmTokenLabels, Metrics};
 /// Tries per call when the provider answers 429 or 5xx.
 const PROVIDER_TRIES: u32 = 3;
 
+/// Answers per call when the model's output does not match `response_schema`: each retry
+/// gives the model its answer and the validation errors back.
+const STRUCTURED_TRIES: u32 = 3;
+
+/// What `auto` learned about each provider (by base URL): the mode that worked once the
+/// provider refused `json_schema`. Keyed by configured providers only, so bounded.
+static LEARNED: LazyLock<Mutex<HashMap<String, StructuredOutput>>> = LazyLock::new(Mutex::default);
+
+/// The mode to try after `mode` was refused (`None`: nothing left).
+fn fallback(mode: StructuredOutput) -> Option<StructuredOutput> {
+    match mode {
+        StructuredOutput::Auto | StructuredOutput::JsonSchema => Some(StructuredOutput::JsonObject),
+        StructuredOutput::JsonObject => Some(StructuredOutput::Prompt),
+        _ => None,
+    }
+}
+
 pub(super) struct LlmAgent {
     name: String,
     url: String,
+    base_url: String,
+    structured: StructuredOutput,
     api_key: Option<String>,
     model: String,
     system: Option<String>,
@@ -45,6 +65,8 @@ impl LlmAgent {
             url: provider
                 .map(|p| format!("{}/chat/completions", p.base_url.trim_end_matches('/')))
                 .unwrap_or_default(),
+            base_url: provider.map(|p| p.base_url.clone()).unwrap_or_default(),
+            structured: provider.map(|p| p.structured_output).unwrap_or_default(),
             api_key: provider
                 .and_then(|p| p.api_key.clone())
                 .filter(|k| !k.is_empty()),
@@ -59,7 +81,26 @@ impl LlmAgent {
         }
     }
 
+    /// The mode to ask for a schema with now.
+    fn mode(&self) -> StructuredOutput {
+        match self.structured {
+            StructuredOutput::Auto => LEARNED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&self.base_url)
+                .copied()
+                .unwrap_or(StructuredOutput::JsonSchema),
+            m => m,
+        }
+    }
+
     fn body(&self, req: &AgentRequest) -> Value {
+        self.body_in(req, self.mode(), &[])
+    }
+
+    /// The request in `mode`, with `extra` messages after the user's (earlier answers and
+    /// what was wrong with them).
+    fn body_in(&self, req: &AgentRequest, mode: StructuredOutput, extra: &[Value]) -> Value {
         let user = match &req.prompt {
             Some(p) => p.clone(),
             None => {
@@ -76,7 +117,14 @@ impl LlmAgent {
         if let Some(system) = &self.system {
             messages.push(json!({"role": "system", "content": system}));
         }
+        let user = match (&self.response_schema, mode) {
+            (Some(schema), StructuredOutput::Prompt) => format!(
+                "{user}\n\nAnswer with only a JSON value (no prose, no code fence) that matches this JSON Schema:\n{schema}"
+            ),
+            _ => user,
+        };
         messages.push(json!({"role": "user", "content": user}));
+        messages.extend(extra.iter().cloned());
         let mut body = json!({"model": self.model, "messages": messages});
         if let Some(t) = self.temperature {
             body["temperature"] = json!(t);
@@ -85,10 +133,19 @@ impl LlmAgent {
             body["max_tokens"] = json!(m);
         }
         if let Some(schema) = &self.response_schema {
-            body["response_format"] = json!({
-                "type": "json_schema",
-                "json_schema": {"name": "output", "schema": schema, "strict": true}
-            });
+            match mode {
+                StructuredOutput::Auto | StructuredOutput::JsonSchema => {
+                    body["response_format"] = json!({
+                        "type": "json_schema",
+                        "json_schema": {"name": "output", "schema": schema, "strict": true}
+                    });
+                }
+                StructuredOutput::JsonObject => {
+                    body["response_format"] = json!({"type": "json_object", "schema": schema});
+                }
+                StructuredOutput::Ollama => body["format"] = schema.clone(),
+                StructuredOutput::Prompt => {}
+            }
         }
         body
     }
@@ -160,24 +217,159 @@ impl Agent for LlmAgent {
     }
 
     async fn call(&self, req: &AgentRequest) -> Result<AgentResponse, AgentError> {
-        let body = self.body(req);
+        let mut mode = self.mode();
+        let mut extra: Vec<Value> = Vec::new();
+        let mut total: Option<Usage> = None;
+        let mut answers = 0;
+        loop {
+            let answer = match self.send(req, &self.body_in(req, mode, &extra)).await {
+                Ok(a) => a,
+                Err(Refusal::Format(text)) if self.response_schema.is_some() => {
+                    // The provider does not take this way of asking for a schema: `auto`
+                    // moves to the next one and remembers it for the provider.
+                    let next = (self.structured == StructuredOutput::Auto)
+                        .then(|| fallback(mode))
+                        .flatten();
+                    let Some(next) = next else {
+                        return Err(AgentError::permanent(format!(
+                            "the provider refused structured output ({mode:?}): {text}"
+                        )));
+                    };
+                    tracing::info!(agent = %self.name, from = ?mode, to = ?next, "provider refused a structured-output mode; falling back");
+                    LEARNED
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(self.base_url.clone(), next);
+                    mode = next;
+                    continue;
+                }
+                Err(Refusal::Format(text)) => {
+                    return Err(AgentError::permanent(format!("provider answered {text}")));
+                }
+                Err(Refusal::Error(e)) => return Err(e),
+            };
+            answers += 1;
+            if let Some(u) = answer.get("usage").map(|u| self.record_usage(u)) {
+                let t = total.get_or_insert(Usage {
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                    cost_usd: 0.0,
+                });
+                t.prompt_tokens += u.prompt_tokens;
+                t.completion_tokens += u.completion_tokens;
+                t.cost_usd += u.cost_usd;
+            }
+            let content = answer
+                .pointer("/choices/0/message/content")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    AgentError::retryable("provider answer has no choices[0].message.content")
+                })?;
+            let Some(schema) = &self.response_schema else {
+                return Ok(AgentResponse {
+                    output: Value::String(content.to_owned()),
+                    usage: total,
+                });
+            };
+            let problems = match check(schema, content) {
+                Ok(output) => {
+                    return Ok(AgentResponse {
+                        output,
+                        usage: total,
+                    });
+                }
+                Err(CheckError::Schema(e)) => {
+                    return Err(AgentError::permanent(format!(
+                        "invalid response_schema: {e}"
+                    )));
+                }
+                Err(CheckError::Output(problems)) => problems,
+            };
+            if answers >= STRUCTURED_TRIES {
+                return Err(AgentError::Failed {
+                    message: format!(
+                        "model output does not match response_schema after {answers} answers: {}",
+                        problems.join("; ")
+                    ),
+                    retryable: false,
+                });
+            }
+            self.metrics
+                .llm_structured_retries
+                .get_or_create(&LlmLabels {
+                    agent: self.name.clone(),
+                    model: self.model.clone(),
+                })
+                .inc();
+            extra.push(json!({"role": "assistant", "content": content}));
+            extra.push(json!({"role": "user", "content": format!(
+                "That answer does not match the JSON Schema: {}. Answer again with only the corrected JSON.",
+                problems.join("; ")
+            )}));
+        }
+    }
+}
+
+/// Why a request got no answer.
+enum Refusal {
+    /// The provider refused the request's form (a 400 or 422 that names `response_format`
+    /// or `format`): another structured-output mode may work.
+    Format(String),
+    /// Anything else.
+    Error(AgentError),
+}
+
+enum CheckError {
+    /// The configured schema does not compile.
+    Schema(String),
+    /// The output is not JSON or does not match: what is wrong.
+    Output(Vec<String>),
+}
+
+/// Parses and validates a model's answer against the schema. A fenced answer
+/// (```json … ```) is read inside its fence: small models add one.
+fn check(schema: &Value, content: &str) -> Result<Value, CheckError> {
+    let text = content.trim();
+    let text = text
+        .strip_prefix("```json")
+        .or_else(|| text.strip_prefix("```"))
+        .and_then(|t| t.strip_suffix("```"))
+        .map_or(text, str::trim);
+    let parsed: Value = serde_json::from_str(text)
+        .map_err(|e| CheckError::Output(vec![format!("the answer is not JSON ({e})")]))?;
+    let validator =
+        jsonschema::validator_for(schema).map_err(|e| CheckError::Schema(e.to_string()))?;
+    let problems: Vec<String> = validator
+        .iter_errors(&parsed)
+        .map(|e| e.to_string())
+        .collect();
+    if problems.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(CheckError::Output(problems))
+    }
+}
+
+impl LlmAgent {
+    /// Sends one request, retrying 429 and 5xx as the provider asks.
+    async fn send(&self, req: &AgentRequest, body: &Value) -> Result<Value, Refusal> {
         let mut tries = 0;
-        let answer: Value = loop {
+        loop {
             tries += 1;
             let mut builder = self
                 .client
                 .post(&self.url)
                 .header("traceparent", &req.traceparent)
-                .json(&body);
+                .json(body);
             if let Some(key) = &self.api_key {
                 builder = builder.bearer_auth(key);
             }
             let resp = builder.send().await.map_err(|e| {
-                AgentError::retryable(format!(
+                Refusal::Error(AgentError::retryable(format!(
                     "calling the {} provider: {}",
                     self.model,
                     super::error_text(&e)
-                ))
+                )))
             })?;
             let status = resp.status();
             let retry_after = resp
@@ -187,12 +379,12 @@ impl Agent for LlmAgent {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             if status.is_success() {
-                break resp.json().await.map_err(|e| {
-                    AgentError::retryable(format!(
+                return resp.json().await.map_err(|e| {
+                    Refusal::Error(AgentError::retryable(format!(
                         "provider answered invalid JSON: {}",
                         super::error_text(&e)
-                    ))
-                })?;
+                    )))
+                });
             }
             let text: String = resp
                 .text()
@@ -201,50 +393,28 @@ impl Agent for LlmAgent {
                 .chars()
                 .take(300)
                 .collect();
+            if matches!(status.as_u16(), 400 | 422)
+                && (text.contains("response_format") || text.contains("json_schema"))
+            {
+                return Err(Refusal::Format(format!("{status}: {text}")));
+            }
             let retryable = status.as_u16() == 429 || status.is_server_error();
             if !retryable || tries >= PROVIDER_TRIES {
-                return Err(AgentError::Failed {
+                return Err(Refusal::Error(AgentError::Failed {
                     message: format!("provider answered {status}: {text}"),
                     retryable,
-                });
+                }));
             }
             let wait = retry_after.unwrap_or(Duration::from_millis(250 * u64::from(tries)));
             let left = Duration::from_millis(
                 u64::try_from(req.deadline - crate::clock::now_ms()).unwrap_or(0),
             );
             if wait >= left {
-                return Err(AgentError::retryable(format!(
+                return Err(Refusal::Error(AgentError::retryable(format!(
                     "provider answered {status}; Retry-After exceeds the attempt deadline"
-                )));
+                ))));
             }
             tokio::time::sleep(wait).await;
-        };
-        let usage = answer.get("usage").map(|u| self.record_usage(u));
-        let content = answer
-            .pointer("/choices/0/message/content")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                AgentError::retryable("provider answer has no choices[0].message.content")
-            })?;
-        let output = if let Some(schema) = &self.response_schema {
-            let parsed: Value = serde_json::from_str(content)
-                .map_err(|e| AgentError::retryable(format!("model output is not JSON: {e}")))?;
-            let validator = jsonschema::validator_for(schema)
-                .map_err(|e| AgentError::permanent(format!("invalid response_schema: {e}")))?;
-            let problems: Vec<String> = validator
-                .iter_errors(&parsed)
-                .map(|e| e.to_string())
-                .collect();
-            if !problems.is_empty() {
-                return Err(AgentError::retryable(format!(
-                    "model output does not match response_schema: {}",
-                    problems.join("; ")
-                )));
-            }
-            parsed
-        } else {
-            Value::String(content.to_owned())
-        };
-        Ok(AgentResponse { output, usage })
+        }
     }
 }
