@@ -19,6 +19,7 @@ mod outage;
 mod pg;
 mod prometheus;
 mod promises;
+mod real_llm;
 mod redis_cache;
 mod replicas;
 mod rollout;

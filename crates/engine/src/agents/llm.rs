@@ -393,7 +393,10 @@ impl LlmAgent {
                 .chars()
                 .take(300)
                 .collect();
-            if matches!(status.as_u16(), 400 | 422)
+            // A refusal of the request's form names the field; llama.cpp's server answers
+            // its validation errors with a 500.
+            if (status.is_client_error() || status.is_server_error())
+                && status.as_u16() != 429
                 && (text.contains("response_format") || text.contains("json_schema"))
             {
                 return Err(Refusal::Format(format!("{status}: {text}")));
