@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use flotilla_spec::Diagnostic;
 use flotilla_spec::yaml::{self, SpanIndex};
-use flotilla_spec::{Diagnostic, Origin};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use unleash_yggdrasil::{ClientFeatures, UpdateMessage};
@@ -203,18 +203,7 @@ pub struct Parsed {
 }
 
 fn diag(file: &str, index: &SpanIndex, path: &str, message: String) -> Diagnostic {
-    Diagnostic {
-        origin: index.find(path).cloned().or(Some(Origin::File {
-            file: file.to_owned(),
-            line: 1,
-            col: 1,
-        })),
-        message: if path.is_empty() {
-            message
-        } else {
-            format!("{path}: {message}")
-        },
-    }
+    index.diagnostic(file, path, message)
 }
 
 /// Parses a flag file: the seed's map of flags, or an Unleash document (an object with

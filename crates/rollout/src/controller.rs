@@ -565,26 +565,14 @@ impl Controller {
                 match state.rollback_at {
                     None => {
                         state.rollback_at = Some(now + delay.as_millis() as i64);
-                        state.status = Status::Paused {
-                            reason: format!(
-                                "rolling back in {} unless promoted: {reason}",
-                                humantime::format_duration(delay)
-                            ),
-                            by_human: false,
-                        };
-                        let message = format!(
-                            "paused; the rollback policies roll back in {}",
-                            humantime::format_duration(delay)
-                        );
-                        self.decide(
+                        let delay = humantime::format_duration(delay);
+                        self.pause_for_metric(
                             state,
-                            Decision::Pause,
-                            Cause::of(&reason),
-                            &message,
-                            Some(reason.clone()),
+                            format!("rolling back in {delay} unless promoted: {reason}"),
+                            &format!("paused; the rollback policies roll back in {delay}"),
+                            reason,
                         )
                         .await?;
-                        self.announce(state, EventKind::Paused, &message, Some(reason));
                         changed = true;
                     }
                     Some(at) if now >= at => {
@@ -619,20 +607,9 @@ impl Controller {
             }
             Verdict::Pause { reason } => {
                 if !matches!(state.status, Status::Paused { .. }) {
-                    state.status = Status::Paused {
-                        reason: reason.to_string(),
-                        by_human: false,
-                    };
                     let message = format!("paused for a human: metric {}", reason.metric);
-                    self.decide(
-                        state,
-                        Decision::Pause,
-                        Cause::of(&reason),
-                        &message,
-                        Some(reason.clone()),
-                    )
-                    .await?;
-                    self.announce(state, EventKind::Paused, &message, Some(reason));
+                    self.pause_for_metric(state, reason.to_string(), &message, reason)
+                        .await?;
                     changed = true;
                 }
             }
@@ -712,6 +689,31 @@ impl Controller {
             },
         )
         .await
+    }
+
+    /// Holds for a human because of a metric: the status says why, the decision is recorded
+    /// and announced.
+    async fn pause_for_metric(
+        &self,
+        state: &mut State,
+        status_reason: String,
+        message: &str,
+        reason: analysis::Reason,
+    ) -> Result<(), RolloutError> {
+        state.status = Status::Paused {
+            reason: status_reason,
+            by_human: false,
+        };
+        self.decide(
+            state,
+            Decision::Pause,
+            Cause::of(&reason),
+            message,
+            Some(reason.clone()),
+        )
+        .await?;
+        self.announce(state, EventKind::Paused, message, Some(reason));
+        Ok(())
     }
 
     fn next_step(&self, state: &mut State) {

@@ -54,19 +54,8 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn at(&mut self, path: &str, message: impl Into<String>) {
-        let message = message.into();
-        self.diags.push(Diagnostic {
-            origin: self.index.find(path).cloned().or(Some(Origin::File {
-                file: self.file.clone(),
-                line: 1,
-                col: 1,
-            })),
-            message: if path.is_empty() {
-                message
-            } else {
-                format!("{path}: {message}")
-            },
-        });
+        let d = self.index.diagnostic(&self.file, path, message.into());
+        self.diags.push(d);
     }
 
     fn de<T: DeserializeOwned>(&mut self, value: &Value, path: &str) -> Option<T> {

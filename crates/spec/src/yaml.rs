@@ -32,6 +32,23 @@ impl SpanIndex {
         }
     }
 
+    /// A problem at `path` (`""`: the document), pointing at its position, or at the top of
+    /// `file` when the index has none; the message is prefixed with the path.
+    pub fn diagnostic(&self, file: &str, path: &str, message: String) -> Diagnostic {
+        Diagnostic {
+            origin: self.find(path).cloned().or(Some(Origin::File {
+                file: file.to_owned(),
+                line: 1,
+                col: 1,
+            })),
+            message: if path.is_empty() {
+                message
+            } else {
+                format!("{path}: {message}")
+            },
+        }
+    }
+
     /// Records where `path` came from (later records win, as later layers do).
     pub fn insert(&mut self, path: String, origin: Origin) {
         self.map.insert(path, origin);

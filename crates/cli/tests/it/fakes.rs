@@ -176,13 +176,9 @@ pub async fn fake_llm_scripted(content: &'static str, script: Vec<(u16, Option<u
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let (addr, task) = serve_fake(app).await;
     FakeLlm {
-        base_url,
+        base_url: format!("{addr}/v1"),
         requests,
         _task: task,
     }
@@ -228,14 +224,21 @@ pub async fn fake_llm_picky(accepts: &'static str, answers: Vec<&'static str>) -
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let (addr, task) = serve_fake(app).await;
     FakeLlm {
-        base_url,
+        base_url: format!("{addr}/v1"),
         requests,
         _task: task,
     }
+}
+
+/// Serves a fake on a free loopback port: its `http://127.0.0.1:P`, and the task serving it
+/// (which ends with the test's runtime).
+pub async fn serve_fake(app: Router) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, task)
 }
