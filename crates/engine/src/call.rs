@@ -50,6 +50,8 @@ pub(crate) async fn call(
         "flotilla.action" = %req.action,
         "gen_ai.usage.input_tokens" = tracing::field::Empty,
         "gen_ai.usage.output_tokens" = tracing::field::Empty,
+        "gen_ai.server.time_to_first_token" = tracing::field::Empty,
+        "gen_ai.output_tokens_per_second" = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
     let mut req = req;

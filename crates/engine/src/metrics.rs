@@ -128,7 +128,46 @@ pub struct BuildLabels {
     pub commit: String,
 }
 
+/// The OpenTelemetry GenAI attributes of an LLM call, in Prometheus form.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenAiLabels {
+    /// `chat`.
+    pub gen_ai_operation_name: String,
+    /// The configured provider's name.
+    pub gen_ai_provider_name: String,
+    /// The model asked for.
+    pub gen_ai_request_model: String,
+}
+
+/// [`GenAiLabels`] and `gen_ai_token_type` (`input` | `output`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenAiTokenLabels {
+    /// `chat`.
+    pub gen_ai_operation_name: String,
+    /// The configured provider's name.
+    pub gen_ai_provider_name: String,
+    /// The model asked for.
+    pub gen_ai_request_model: String,
+    /// `input` or `output`.
+    pub gen_ai_token_type: String,
+}
+
 type Hist<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The GenAI conventions' bucket boundaries for token counts.
+fn token_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 14))
+}
+
+/// The GenAI conventions' bucket boundaries for operation durations (10 ms … 82 s).
+fn genai_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
+/// Time to the first token: 1 ms … 16 s.
+fn ttft_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
 
 fn latency_histogram() -> Histogram {
     // 1 ms … ~16 s.
@@ -180,6 +219,12 @@ pub struct Metrics {
     /// `llm_structured_output_retries_total`: answers that did not match `response_schema`
     /// and were asked again.
     pub llm_structured_retries: Family<LlmLabels, Counter>,
+    /// `gen_ai_client_token_usage` (OpenTelemetry GenAI): tokens per call.
+    pub gen_ai_tokens: Hist<GenAiTokenLabels>,
+    /// `gen_ai_client_operation_duration_seconds`: one call to the provider.
+    pub gen_ai_duration: Hist<GenAiLabels>,
+    /// `gen_ai_server_time_to_first_token_seconds`: streamed calls, as the client sees it.
+    pub gen_ai_ttft: Hist<GenAiLabels>,
     /// `rate_limited_requests_total`.
     pub rate_limited: Family<GroupLabels, Counter>,
     /// `cache_requests_total`.
@@ -216,6 +261,9 @@ impl Metrics {
             llm_tokens: Family::default(),
             llm_cost: Family::default(),
             llm_structured_retries: Family::default(),
+            gen_ai_tokens: Family::new_with_constructor(token_histogram),
+            gen_ai_duration: Family::new_with_constructor(genai_duration_histogram),
+            gen_ai_ttft: Family::new_with_constructor(ttft_histogram),
             rate_limited: Family::default(),
             cache_requests: Family::default(),
             budget_usd: Family::default(),
@@ -298,6 +346,21 @@ impl Metrics {
         );
         r.register("llm_tokens", "LLM tokens by kind", m.llm_tokens.clone());
         r.register("llm_cost_usd", "LLM spend in USD", m.llm_cost.clone());
+        r.register(
+            "gen_ai_client_token_usage",
+            "Tokens per LLM call (OpenTelemetry GenAI)",
+            m.gen_ai_tokens.clone(),
+        );
+        r.register(
+            "gen_ai_client_operation_duration_seconds",
+            "LLM call duration (OpenTelemetry GenAI)",
+            m.gen_ai_duration.clone(),
+        );
+        r.register(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time to the first token of a streamed LLM call (OpenTelemetry GenAI)",
+            m.gen_ai_ttft.clone(),
+        );
         r.register(
             "llm_structured_output_retries",
             "LLM answers that did not match response_schema and were asked again",

@@ -683,6 +683,10 @@ pub struct AgentConfig {
     /// llm: completion token limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// llm: stream the answer (`stream: true`), which measures the time to the first token
+    /// and the output tokens per second; the answer is used once complete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
     /// llm: JSON Schema the answer must follow (structured output); the output is then JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_schema: Option<Value>,

@@ -413,3 +413,72 @@ async fn the_llm_example_runs_on_the_local_model() {
             .is_some_and(|p| !p.is_empty())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_calls_measure_time_to_first_token_in_the_genai_metrics() {
+    let Some(server) = LlmServer::start().await else {
+        return;
+    };
+    let app = spawn_app(&format!(
+        r#"
+llm:
+  providers: {{ local: {{ base_url: "{base}" }} }}
+agents:
+  talk: {{ kind: llm, provider: local, model: smollm2, max_tokens: 24, temperature: 0, stream: true }}
+  whole: {{ kind: llm, provider: local, model: smollm2, max_tokens: 24, temperature: 0 }}
+workflows:
+  chat:
+    steps:
+      - {{ id: a, agent: talk, prompt: "Name three colours." }}
+      - {{ id: b, agent: whole, prompt: "Name three colours." }}
+"#,
+        base = server.base_url()
+    ))
+    .await;
+    let id = app.start_run("chat", json!({})).await;
+    let run = app.finished(&id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    // The same prompt at temperature 0: streamed or whole, the same answer.
+    assert_eq!(
+        step(&run, "a")["output"],
+        step(&run, "b")["output"],
+        "{run:#}"
+    );
+    assert!(
+        step(&run, "a")["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let text = app.text("/metrics").await;
+    let labels = [
+        ("gen_ai_provider_name", "local"),
+        ("gen_ai_request_model", "smollm2"),
+    ];
+    assert_eq!(
+        metric(
+            &text,
+            "gen_ai_server_time_to_first_token_seconds_count",
+            &labels
+        ),
+        1.0,
+        "only the streamed call has a first token"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "gen_ai_client_operation_duration_seconds_count",
+            &labels
+        ),
+        2.0
+    );
+    let output = [
+        ("gen_ai_provider_name", "local"),
+        ("gen_ai_token_type", "output"),
+    ];
+    assert_eq!(
+        metric(&text, "gen_ai_client_token_usage_count", &output),
+        2.0
+    );
+    assert!(metric(&text, "gen_ai_client_token_usage_sum", &output) > 0.0);
+}

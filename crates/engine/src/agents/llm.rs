@@ -9,7 +9,7 @@ use flotilla_spec::{AgentConfig, Config, ModelPrice, StructuredOutput};
 use serde_json::{Value, json};
 
 use super::{Agent, AgentError, AgentRequest, AgentResponse, Usage};
-use crate::metrics::{LlmLabels, LlmTokenLabels, Metrics};
+use crate::metrics::{GenAiLabels, GenAiTokenLabels, LlmLabels, LlmTokenLabels, Metrics};
 
 /// Tries per call when the provider answers 429 or 5xx.
 const PROVIDER_TRIES: u32 = 3;
@@ -35,6 +35,8 @@ pub(super) struct LlmAgent {
     name: String,
     url: String,
     base_url: String,
+    provider: String,
+    stream: bool,
     structured: StructuredOutput,
     api_key: Option<String>,
     model: String,
@@ -66,6 +68,8 @@ impl LlmAgent {
                 .map(|p| format!("{}/chat/completions", p.base_url.trim_end_matches('/')))
                 .unwrap_or_default(),
             base_url: provider.map(|p| p.base_url.clone()).unwrap_or_default(),
+            provider: cfg.provider.clone().unwrap_or_default(),
+            stream: cfg.stream,
             structured: provider.map(|p| p.structured_output).unwrap_or_default(),
             api_key: provider
                 .and_then(|p| p.api_key.clone())
@@ -132,6 +136,10 @@ impl LlmAgent {
         if let Some(m) = self.max_tokens {
             body["max_tokens"] = json!(m);
         }
+        if self.stream {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+        }
         if let Some(schema) = &self.response_schema {
             match mode {
                 StructuredOutput::Auto | StructuredOutput::JsonSchema => {
@@ -185,11 +193,105 @@ impl LlmAgent {
                 model: self.model.clone(),
             })
             .inc_by(cost);
+        for (kind, n) in [("input", prompt), ("output", completion)] {
+            self.metrics
+                .gen_ai_tokens
+                .get_or_create(&GenAiTokenLabels {
+                    gen_ai_operation_name: "chat".into(),
+                    gen_ai_provider_name: self.provider.clone(),
+                    gen_ai_request_model: self.model.clone(),
+                    gen_ai_token_type: kind.into(),
+                })
+                .observe(n as f64);
+        }
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             cost_usd: cost,
         }
+    }
+
+    fn gen_ai(&self) -> GenAiLabels {
+        GenAiLabels {
+            gen_ai_operation_name: "chat".into(),
+            gen_ai_provider_name: self.provider.clone(),
+            gen_ai_request_model: self.model.clone(),
+        }
+    }
+
+    /// Reads a streamed answer (server-sent events of chunks) into the shape of a whole one,
+    /// recording the time to the first token and the output rate on the current span.
+    async fn read_stream(
+        &self,
+        mut resp: reqwest::Response,
+        started: std::time::Instant,
+    ) -> Result<Value, AgentError> {
+        let mut buffer = Vec::new();
+        let mut content = String::new();
+        let mut usage = Value::Null;
+        let mut chunks = 0u64;
+        let mut first: Option<std::time::Instant> = None;
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| {
+                AgentError::retryable(format!(
+                    "the {} stream broke: {}",
+                    self.model,
+                    super::error_text(&e)
+                ))
+            })?;
+            let Some(chunk) = chunk else { break };
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                let Some(data) = line.trim().strip_prefix("data:").map(str::trim) else {
+                    continue;
+                };
+                if data == "[DONE]" {
+                    continue;
+                }
+                let Ok(event) = serde_json::from_str::<Value>(data) else {
+                    continue;
+                };
+                if let Some(piece) = event
+                    .pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str)
+                    .filter(|p| !p.is_empty())
+                {
+                    if first.is_none() {
+                        let now = std::time::Instant::now();
+                        first = Some(now);
+                        self.metrics
+                            .gen_ai_ttft
+                            .get_or_create(&self.gen_ai())
+                            .observe((now - started).as_secs_f64());
+                        tracing::Span::current().record(
+                            "gen_ai.server.time_to_first_token",
+                            (now - started).as_secs_f64(),
+                        );
+                    }
+                    chunks += 1;
+                    content.push_str(piece);
+                }
+                if event.get("usage").is_some_and(|u| !u.is_null()) {
+                    usage = event["usage"].clone();
+                }
+            }
+        }
+        if usage.is_null() {
+            // A server that sends no usage in its stream: each content chunk is a token.
+            usage = json!({"prompt_tokens": 0, "completion_tokens": chunks});
+        }
+        if let (Some(first), Some(n)) = (first, usage["completion_tokens"].as_u64()) {
+            let generating = first.elapsed().as_secs_f64();
+            if generating > 0.0 {
+                tracing::Span::current()
+                    .record("gen_ai.output_tokens_per_second", n as f64 / generating);
+            }
+        }
+        Ok(
+            json!({"choices": [{"message": {"role": "assistant", "content": content}}], "usage": usage}),
+        )
     }
 }
 
@@ -364,7 +466,15 @@ impl LlmAgent {
             if let Some(key) = &self.api_key {
                 builder = builder.bearer_auth(key);
             }
-            let resp = builder.send().await.map_err(|e| {
+            let started = std::time::Instant::now();
+            let sent = builder.send().await;
+            let duration = self
+                .metrics
+                .gen_ai_duration
+                .get_or_create(&self.gen_ai())
+                .clone();
+            let resp = sent.map_err(|e| {
+                duration.observe(started.elapsed().as_secs_f64());
                 Refusal::Error(AgentError::retryable(format!(
                     "calling the {} provider: {}",
                     self.model,
@@ -379,13 +489,28 @@ impl LlmAgent {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             if status.is_success() {
-                return resp.json().await.map_err(|e| {
-                    Refusal::Error(AgentError::retryable(format!(
-                        "provider answered invalid JSON: {}",
-                        super::error_text(&e)
-                    )))
-                });
+                // A provider that does not stream answers whole JSON: read it as such.
+                let streamed = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|t| t.contains("event-stream"));
+                let answer = if self.stream && streamed {
+                    self.read_stream(resp, started)
+                        .await
+                        .map_err(Refusal::Error)
+                } else {
+                    resp.json().await.map_err(|e| {
+                        Refusal::Error(AgentError::retryable(format!(
+                            "provider answered invalid JSON: {}",
+                            super::error_text(&e)
+                        )))
+                    })
+                };
+                duration.observe(started.elapsed().as_secs_f64());
+                return answer;
             }
+            duration.observe(started.elapsed().as_secs_f64());
             let text: String = resp
                 .text()
                 .await
