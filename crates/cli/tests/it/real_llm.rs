@@ -92,18 +92,28 @@ impl Drop for LlmServer {
 struct Relay {
     base_url: String,
     usages: Arc<Mutex<Vec<Value>>>,
+    /// `response_format.type` of each request (`none` without one).
+    formats: Arc<Mutex<Vec<String>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
 async fn relay(target: String) -> Relay {
     let usages: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let formats: Arc<Mutex<Vec<String>>> = Arc::default();
     let u = usages.clone();
+    let f = formats.clone();
     let client = reqwest::Client::new();
     let app = axum::Router::new().route(
         "/v1/chat/completions",
         axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-            let (u, client, target) = (u.clone(), client.clone(), target.clone());
+            let (u, f, client, target) = (u.clone(), f.clone(), client.clone(), target.clone());
             async move {
+                f.lock().unwrap().push(
+                    body["response_format"]["type"]
+                        .as_str()
+                        .unwrap_or("none")
+                        .to_owned(),
+                );
                 let r = client
                     .post(format!("{target}/chat/completions"))
                     .json(&body)
@@ -129,6 +139,7 @@ async fn relay(target: String) -> Relay {
     Relay {
         base_url,
         usages,
+        formats,
         _task: task,
     }
 }
@@ -191,6 +202,9 @@ workflows:
             .is_some_and(|s| !s.trim().is_empty()),
         "{run:#}"
     );
+    // llama.cpp's server refuses json_schema and takes json_object (auto found it).
+    let formats = relay.formats.lock().unwrap().clone();
+    assert_eq!(formats[..2], ["json_schema", "json_object"], "{formats:?}");
     // The tokens recorded are the server's own counts.
     let usages = relay.usages.lock().unwrap().clone();
     assert!(usages.len() >= 2, "{usages:?}");
