@@ -327,8 +327,10 @@ agents:
         base = server.base_url()
     ))
     .await;
+    // Generous per-request timeouts: a call in flight may wait out retries and backoff on a
+    // loaded machine before it fails.
     let call = |app: &TestApp| {
-        let req = app.client.post(app.url("/api/v1/execute")).json(
+        let req = app.client.post(app.url("/api/v1/execute")).timeout(Duration::from_secs(180)).json(
             &json!({"agent": "talk", "input": "Tell me a long story about ships.", "timeout": 60000}),
         );
         async move {
@@ -337,7 +339,7 @@ agents:
         }
     };
     let pending = tokio::spawn({
-        let req = app.client.post(app.url("/api/v1/execute")).json(
+        let req = app.client.post(app.url("/api/v1/execute")).timeout(Duration::from_secs(180)).json(
             &json!({"agent": "talk", "input": "Tell me a long story about ships.", "timeout": 60000}),
         );
         async move { req.send().await.unwrap().status().as_u16() }

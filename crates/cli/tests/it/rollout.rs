@@ -335,7 +335,14 @@ impl Traffic {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let (s, n, f, e) = (stop.clone(), sent.clone(), failed.clone(), errors.clone());
         let task = tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            // A new connection per request: when nginx reloads, its old workers close idle
+            // keep-alive connections, and a request sent on one at that instant is lost
+            // between client and nginx whatever the rollout does. Fresh connections go to
+            // the new workers, so a failure here is the rollout's.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
             // Bounded: at most 20 minutes of traffic at ~50 requests a second.
             for _ in 0..60_000 {
                 if s.load(Ordering::Relaxed) {
