@@ -50,6 +50,34 @@ pub struct Rejected {
     pub retry_in: Duration,
 }
 
+/// Leave to make one call, given back by [`Admission::record`] with the call's result. A
+/// call that never ends (cancelled with its run, a lost lease, shutdown) drops its
+/// admission unrecorded: a half-open probe's slot is then given back, so the circuit can
+/// still close.
+#[must_use = "record the call's result on it"]
+#[derive(Debug)]
+pub struct Admission<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Admission<'_> {
+    /// Records the call's result.
+    pub fn record(mut self, ok: bool, now: Instant) -> Transition {
+        self.recorded = true;
+        self.breaker.record(ok, now)
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if !self.recorded && self.probe {
+            self.breaker.abandon_probe();
+        }
+    }
+}
+
 /// What a call's result did to the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -98,10 +126,15 @@ impl Breaker {
     }
 
     /// Asks to make a call.
-    pub fn try_acquire(&self, now: Instant) -> Result<(), Rejected> {
+    pub fn try_acquire(&self, now: Instant) -> Result<Admission<'_>, Rejected> {
+        let admitted = |probe| Admission {
+            breaker: self,
+            probe,
+            recorded: false,
+        };
         let mut mode = self.lock();
         match *mode {
-            Mode::Closed { .. } => Ok(()),
+            Mode::Closed { .. } => Ok(admitted(false)),
             Mode::Open { until } if now < until => Err(Rejected {
                 retry_in: until - now,
             }),
@@ -110,7 +143,7 @@ impl Breaker {
                     successes: 0,
                     probes: 1,
                 };
-                Ok(())
+                Ok(admitted(true))
             }
             Mode::HalfOpen { successes, probes } => {
                 if successes + probes < self.cfg.half_open_successes {
@@ -118,7 +151,7 @@ impl Breaker {
                         successes,
                         probes: probes + 1,
                     };
-                    Ok(())
+                    Ok(admitted(true))
                 } else {
                     Err(Rejected {
                         retry_in: Duration::from_millis(100),
@@ -128,8 +161,15 @@ impl Breaker {
         }
     }
 
+    /// A probe that ended without a result gives its slot back.
+    fn abandon_probe(&self) {
+        if let Mode::HalfOpen { probes, .. } = &mut *self.lock() {
+            *probes = probes.saturating_sub(1);
+        }
+    }
+
     /// Records a call's result.
-    pub fn record(&self, ok: bool, now: Instant) -> Transition {
+    fn record(&self, ok: bool, now: Instant) -> Transition {
         let mut mode = self.lock();
         let reset = self.cfg.reset_timeout.0;
         match (&mut *mode, ok) {
@@ -179,28 +219,31 @@ mod tests {
         })
     }
 
+    fn fail(b: &Breaker, now: Instant) -> Transition {
+        b.try_acquire(now).unwrap().record(false, now)
+    }
+
     #[test]
     fn full_cycle() {
         let b = breaker();
         let t0 = Instant::now();
         for _ in 0..2 {
-            assert!(b.try_acquire(t0).is_ok());
-            assert_eq!(b.record(false, t0), Transition::None);
+            assert_eq!(fail(&b, t0), Transition::None);
         }
-        assert_eq!(b.record(false, t0), Transition::Opened);
+        assert_eq!(fail(&b, t0), Transition::Opened);
         assert_eq!(b.state(t0), CircuitState::Open);
         let rejected = b.try_acquire(t0 + Duration::from_secs(4)).unwrap_err();
         assert_eq!(rejected.retry_in, Duration::from_secs(6));
         let later = t0 + Duration::from_secs(10);
         assert_eq!(b.state(later), CircuitState::HalfOpen);
-        assert!(b.try_acquire(later).is_ok());
-        assert!(b.try_acquire(later).is_ok());
+        let first = b.try_acquire(later).unwrap();
+        let second = b.try_acquire(later).unwrap();
         assert!(
             b.try_acquire(later).is_err(),
             "only as many probes as successes needed"
         );
-        assert_eq!(b.record(true, later), Transition::None);
-        assert_eq!(b.record(true, later), Transition::Closed);
+        assert_eq!(first.record(true, later), Transition::None);
+        assert_eq!(second.record(true, later), Transition::Closed);
         assert_eq!(b.state(later), CircuitState::Closed);
     }
 
@@ -209,11 +252,10 @@ mod tests {
         let b = breaker();
         let t0 = Instant::now();
         for _ in 0..3 {
-            b.record(false, t0);
+            fail(&b, t0);
         }
         let later = t0 + Duration::from_secs(11);
-        assert!(b.try_acquire(later).is_ok());
-        assert_eq!(b.record(false, later), Transition::Opened);
+        assert_eq!(fail(&b, later), Transition::Opened);
         assert_eq!(b.state(later), CircuitState::Open);
     }
 
@@ -221,11 +263,32 @@ mod tests {
     fn success_resets_the_failure_count() {
         let b = breaker();
         let t0 = Instant::now();
-        b.record(false, t0);
-        b.record(false, t0);
-        b.record(true, t0);
-        b.record(false, t0);
-        b.record(false, t0);
+        fail(&b, t0);
+        fail(&b, t0);
+        b.try_acquire(t0).unwrap().record(true, t0);
+        fail(&b, t0);
+        fail(&b, t0);
         assert_eq!(b.state(t0), CircuitState::Closed);
+    }
+
+    #[test]
+    fn a_cancelled_probe_gives_its_slot_back() {
+        let b = breaker();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            fail(&b, t0);
+        }
+        let later = t0 + Duration::from_secs(10);
+        // Many probes admitted and dropped mid-call (their runs cancelled): the circuit
+        // still admits probes, and closes once two succeed.
+        for _ in 0..100 {
+            let a = b.try_acquire(later).unwrap();
+            let c = b.try_acquire(later).unwrap();
+            drop((a, c));
+        }
+        let a = b.try_acquire(later).unwrap();
+        let c = b.try_acquire(later).unwrap();
+        a.record(true, later);
+        assert_eq!(c.record(true, later), Transition::Closed);
     }
 }

@@ -99,6 +99,25 @@ pub struct AgentEntry {
     series: AgentSeries,
 }
 
+/// A call in flight: counted in `in_flight` and `agent_tasks_in_progress` for as long as
+/// it lives.
+struct InFlight<'a>(&'a AgentEntry);
+
+impl<'a> InFlight<'a> {
+    fn new(entry: &'a AgentEntry) -> Self {
+        entry.in_flight.fetch_add(1, Ordering::Relaxed);
+        entry.series.in_progress.inc();
+        InFlight(entry)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.series.in_progress.dec();
+    }
+}
+
 impl AgentEntry {
     /// One call under the global and the agent's own concurrency limits, its circuit breaker
     /// and the attempt timeout, recorded in the metrics.
@@ -109,27 +128,31 @@ impl AgentEntry {
         timeout: Duration,
         priority: Priority,
     ) -> Result<AgentResponse, AgentError> {
+        // An open circuit refuses at once, before any slot is waited for. Everything taken
+        // from here on is given back by a guard, however the call ends (a cancelled run
+        // drops this future mid-call).
+        let admission = match self.breaker.try_acquire(Instant::now()) {
+            Ok(a) => a,
+            Err(rejected) => {
+                return Err(AgentError::Unavailable(format!(
+                    "circuit open for agent `{}`; next probe in {:?}",
+                    self.name, rejected.retry_in
+                )));
+            }
+        };
         let _global = global.acquire(priority).await;
         let _own = match &self.gate {
             Some(g) => Some(g.acquire(priority).await),
             None => None,
         };
-        if let Err(rejected) = self.breaker.try_acquire(Instant::now()) {
-            return Err(AgentError::Unavailable(format!(
-                "circuit open for agent `{}`; next probe in {:?}",
-                self.name, rejected.retry_in
-            )));
-        }
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::new(self);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        self.series.in_progress.inc();
         let started = std::time::Instant::now();
         let result = match tokio::time::timeout(timeout, self.runtime.call(req)).await {
             Ok(r) => r,
             Err(_) => Err(AgentError::Timeout(timeout)),
         };
-        self.series.in_progress.dec();
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(in_flight);
         self.series
             .duration
             .observe(started.elapsed().as_secs_f64());
@@ -143,7 +166,7 @@ impl AgentEntry {
             }
         };
         let now = Instant::now();
-        match self.breaker.record(result.is_ok(), now) {
+        match admission.record(result.is_ok(), now) {
             Transition::Opened => {
                 self.series.circuit_opened.inc();
                 self.series.health.set(0);

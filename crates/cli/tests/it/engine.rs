@@ -406,3 +406,65 @@ workflows:
         5.0
     );
 }
+
+// Cancelling runs whose calls are in flight gives every counted call back: the calls'
+// futures are dropped mid-await, and their guards (not code after the await) undo the
+// counts.
+#[tokio::test]
+async fn cancelled_runs_give_back_their_in_flight_calls() {
+    let fake = fake_agent().await;
+    let app = spawn_app(&format!(
+        r#"
+agents:
+  remote: {{ kind: http, endpoints: ["{url}"], timeout: 120s }}
+workflows:
+  long:
+    steps:
+      - {{ id: wait, agent: remote, input: {{ sleep_ms: 90000 }}, timeout: 120s }}
+"#,
+        url = fake.url
+    ))
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.start_run("long", json!({})).await);
+    }
+    let in_progress = || async {
+        metric(
+            &app.text("/metrics").await,
+            "agent_tasks_in_progress",
+            &[("agent", "remote")],
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while in_progress().await < 5.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the calls never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for id in &ids {
+        let (code, body) = app
+            .post(&format!("/api/v1/runs/{id}/cancel"), json!({}))
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    // Well before the calls would have ended on their own (90 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while in_progress().await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "calls still counted in progress after their runs were cancelled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, agents) = app.get("/api/v1/agents").await;
+    let remote = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "remote")
+        .unwrap_or_else(|| panic!("{agents}"));
+    assert_eq!(remote["in_flight"], 0, "{remote}");
+}
