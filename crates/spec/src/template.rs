@@ -11,11 +11,17 @@ use serde_json::Value;
 
 use crate::error::{Result, SpecError};
 
+/// Most work one rendering or condition may do (minijinja's fuel: about one unit per
+/// instruction). Ordinary templates use a few thousand; a loop over user input that would
+/// run for seconds stops with an error instead.
+pub const FUEL: u64 = 2_000_000;
+
 fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.set_fuel(Some(FUEL));
         env
     })
 }
@@ -28,6 +34,7 @@ fn json_env() -> &'static Environment<'static> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::Json);
+        env.set_fuel(Some(FUEL));
         env
     })
 }
@@ -137,6 +144,11 @@ pub fn check_value(value: &Value) -> std::result::Result<(), String> {
 }
 
 fn describe(e: &minijinja::Error) -> String {
+    if e.kind() == minijinja::ErrorKind::OutOfFuel {
+        return format!(
+            "the template did too much work (over {FUEL} steps): loop over less, or do the work in an agent"
+        );
+    }
     match e.detail() {
         Some(detail) => format!("{}: {detail}", e.kind()),
         None => e.kind().to_string(),

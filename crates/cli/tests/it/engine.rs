@@ -468,3 +468,46 @@ workflows:
         .unwrap_or_else(|| panic!("{agents}"));
     assert_eq!(remote["in_flight"], 0, "{remote}");
 }
+
+// A template that would loop for seconds stops with a clear error (the fuel bound), and
+// rendering runs off the async workers, so other requests are answered meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn runaway_templates_are_bounded_and_never_stall_the_server() {
+    let app = spawn_app(
+        r#"
+agents:
+  loops:
+    kind: builtin
+    builtin: template
+    format: text
+    template: "{% for i in range(input.n) %}{% for j in range(input.n) %}{% endfor %}{% endfor %}done"
+"#,
+    )
+    .await;
+    let heavy = || {
+        app.client
+            .post(app.url("/api/v1/execute"))
+            .json(&json!({"agent": "loops", "input": {"n": 10000}, "timeout": 30000}))
+            .send()
+    };
+    let (a, b, health) = tokio::join!(heavy(), heavy(), app.client.get(app.url("/health")).send());
+    assert_eq!(health.unwrap().status(), 200);
+    for r in [a, b] {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 502);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains("too much work"),
+            "{body}"
+        );
+    }
+    // A modest loop is fine.
+    let (code, body) = app
+        .post(
+            "/api/v1/execute",
+            json!({"agent": "loops", "input": {"n": 30}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["result"], "done");
+}

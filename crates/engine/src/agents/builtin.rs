@@ -42,11 +42,16 @@ impl Agent for Builtin {
                     "step_id": req.step_id,
                     "attempt": req.attempt,
                 }));
-                let source = self.template.as_deref().unwrap_or("");
-                let output = match self.format {
-                    TemplateFormat::Json => template::render_json(source, &ctx),
-                    TemplateFormat::Text => template::render_str(source, &ctx).map(Value::String),
-                }
+                let source = self.template.clone().unwrap_or_default();
+                let format = self.format;
+                // Rendering is CPU work of unknown size: off the async workers, so that it
+                // never stalls other requests, and bounded by the template fuel.
+                let output = tokio::task::spawn_blocking(move || match format {
+                    TemplateFormat::Json => template::render_json(&source, &ctx),
+                    TemplateFormat::Text => template::render_str(&source, &ctx).map(Value::String),
+                })
+                .await
+                .map_err(|e| AgentError::permanent(format!("the template rendering stopped: {e}")))?
                 .map_err(|e| AgentError::permanent(e.to_string()))?;
                 Ok(AgentResponse::output(output))
             }
