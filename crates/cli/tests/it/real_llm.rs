@@ -49,6 +49,8 @@ impl LlmServer {
             .args(["--model_alias", "smollm2", "--host", "127.0.0.1"])
             .args(["--port", &self.port.to_string(), "--n_ctx", "2048"])
             .args(["--n_threads", "2", "--verbose", "false"])
+            // By default a new request interrupts a stream in progress.
+            .args(["--interrupt_requests", "false"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -445,8 +447,9 @@ agents:
 workflows:
   chat:
     steps:
-      - {{ id: a, agent: talk, prompt: "Name three colours." }}
-      - {{ id: b, agent: whole, prompt: "Name three colours." }}
+      # A stream that breaks mid-answer is a retryable failure, as a dropped connection is.
+      - {{ id: a, agent: talk, prompt: "Name three colours.", retry: {{ attempts: 3, initial: 200ms }} }}
+      - {{ id: b, agent: whole, needs: [a], prompt: "Name three colours.", retry: {{ attempts: 3, initial: 200ms }} }}
 "#,
         base = server.base_url()
     ))

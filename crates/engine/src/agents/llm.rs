@@ -231,15 +231,23 @@ impl LlmAgent {
         let mut usage = Value::Null;
         let mut chunks = 0u64;
         let mut first: Option<std::time::Instant> = None;
-        loop {
-            let chunk = resp.chunk().await.map_err(|e| {
-                AgentError::retryable(format!(
-                    "the {} stream broke: {}",
-                    self.model,
-                    super::error_text(&e)
-                ))
-            })?;
-            let Some(chunk) = chunk else { break };
+        // Whether the answer is complete: `[DONE]`, or a choice's finish_reason (some servers
+        // end the stream abruptly after it, which is then no error).
+        let mut finished = false;
+        let mut done = false;
+        while !done {
+            let chunk = match resp.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) if finished => break,
+                Err(e) => {
+                    return Err(AgentError::retryable(format!(
+                        "the {} stream broke: {}",
+                        self.model,
+                        super::error_text(&e)
+                    )));
+                }
+            };
             buffer.extend_from_slice(&chunk);
             while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buffer.drain(..=end).collect();
@@ -248,11 +256,18 @@ impl LlmAgent {
                     continue;
                 };
                 if data == "[DONE]" {
-                    continue;
+                    done = true;
+                    break;
                 }
                 let Ok(event) = serde_json::from_str::<Value>(data) else {
                     continue;
                 };
+                if event
+                    .pointer("/choices/0/finish_reason")
+                    .is_some_and(|r| !r.is_null())
+                {
+                    finished = true;
+                }
                 if let Some(piece) = event
                     .pointer("/choices/0/delta/content")
                     .and_then(Value::as_str)
@@ -277,6 +292,14 @@ impl LlmAgent {
                     usage = event["usage"].clone();
                 }
             }
+        }
+        if !done && !finished {
+            // Cut off (llama.cpp's server interrupts a stream when another request comes,
+            // unless started with --interrupt_requests false): not an answer.
+            return Err(AgentError::retryable(format!(
+                "the {} stream ended before the answer was complete",
+                self.model
+            )));
         }
         if usage.is_null() {
             // A server that sends no usage in its stream: each content chunk is a token.
