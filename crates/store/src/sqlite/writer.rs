@@ -13,7 +13,7 @@ pub(crate) enum Job {
     Create(Box<NewRun>, oneshot::Sender<Result<CreateOutcome>>),
     Commit(Vec<Write>, Option<oneshot::Sender<Result<()>>>),
     Migrate(oneshot::Sender<Result<()>>),
-    /// A write that touches the file (the schema cookie), to learn whether writes work again.
+    /// A 256 KiB write (one row of `write_probe`), to learn whether writes work again.
     Probe(oneshot::Sender<Result<()>>),
     /// The write connection's journal mode and `synchronous` level.
     Pragmas(oneshot::Sender<Result<(String, i64)>>),
@@ -107,9 +107,14 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
                     let _ = reply.send(read().map_err(StoreError::from));
                 }
                 Job::Probe(reply) => {
+                    // A write the size of a large submission: a few bytes (the schema
+                    // cookie) still fit in a full disk's WAL when a 200 KB input does not,
+                    // and readiness would come back while submissions fail.
                     let r = savepoint(&tx, |tx| {
-                        let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-                        tx.execute_batch(&format!("PRAGMA user_version = {v}"))?;
+                        tx.execute_batch(
+                            "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, data BLOB);
+                             INSERT OR REPLACE INTO write_probe (id, data) VALUES (1, randomblob(262144));",
+                        )?;
                         Ok(())
                     });
                     replies.push(Reply::Unit(reply, r));
