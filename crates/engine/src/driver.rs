@@ -48,6 +48,17 @@ enum Report {
     },
 }
 
+/// Where a run is after a turn.
+enum Turn {
+    Running,
+    Finished(RunOutcome),
+    /// Another replica holds the run now (a newer claim fenced this one's writes).
+    Lost,
+}
+
+/// Another replica holds the run now.
+struct Lost;
+
 /// A call's rendered content.
 struct Rendered {
     action: String,
@@ -67,6 +78,9 @@ pub(crate) struct Driver {
     priority: Priority,
     state: RunState,
     seq: i64,
+    /// The epoch of the claim this process holds the run under (the fencing token every
+    /// batch carries).
+    epoch: i64,
     deadline: Option<Instant>,
     outputs: Vec<Option<Value>>,
     errors: Vec<Option<String>>,
@@ -96,6 +110,7 @@ impl Driver {
         priority: Priority,
         state: RunState,
         seq: i64,
+        epoch: i64,
     ) -> Driver {
         let n = compiled.dag.len();
         let deadline = record.deadline_at.map(|at| {
@@ -113,6 +128,7 @@ impl Driver {
             priority,
             state,
             seq,
+            epoch,
             deadline,
             outputs: vec![None; n],
             errors: vec![None; n],
@@ -126,6 +142,11 @@ impl Driver {
             deferred: Vec::new(),
             deferred_since: None,
         }
+    }
+
+    /// The epoch of the claim it runs under.
+    pub(crate) fn epoch(&self) -> i64 {
+        self.epoch
     }
 
     /// The workflow's name.
@@ -150,18 +171,23 @@ impl Driver {
         let mut batch = vec![Event::Start];
         let mut reports = Vec::new();
         loop {
-            let finished = self
+            let turn = self
                 .handle(std::mem::take(&mut reports), std::mem::take(&mut batch))
                 .await;
-            if let Some(outcome) = finished {
+            if let Turn::Lost = turn {
+                // Another replica took the run over: stop, and let only its record count.
+                tracing::warn!(run_id = %self.run_id, "lease lost (a newer claim fenced this replica's writes); stopping the run here");
+                self.shared.forget(&self.run_id, self.epoch);
+                return;
+            }
+            if let Turn::Finished(outcome) = turn {
                 let span = tracing::Span::current();
                 span.record("flotilla.run.status", outcome.status.as_str());
                 if outcome.status != RunStatus::Succeeded {
                     span.record("otel.status_code", "ERROR");
                 }
-                self.shared.runs().remove(&self.run_id);
                 let _ = done.send(Some(Arc::new(outcome)));
-                self.shared.idle.notify_waiters();
+                self.shared.forget(&self.run_id, self.epoch);
                 return;
             }
             let deadline = self.deadline;
@@ -179,7 +205,9 @@ impl Driver {
                 }
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                     self.deferred_since = None;
-                    self.shared.store.enqueue(std::mem::take(&mut self.deferred));
+                    let deferred = std::mem::take(&mut self.deferred);
+                    let writes = self.fenced(deferred);
+                    self.shared.store.enqueue(writes);
                 }
                 else => {
                     tracing::error!(run_id = %self.run_id, "run has nothing left to wait for; failing it");
@@ -195,8 +223,8 @@ impl Driver {
         }
     }
 
-    /// Applies reports and events; returns the outcome once the run is over.
-    async fn handle(&mut self, reports: Vec<Report>, mut events: Vec<Event>) -> Option<RunOutcome> {
+    /// Applies reports and events; says whether the run is over.
+    async fn handle(&mut self, reports: Vec<Report>, mut events: Vec<Event>) -> Turn {
         for report in reports {
             events.push(self.absorb(report));
         }
@@ -316,7 +344,7 @@ impl Driver {
         }
     }
 
-    async fn carry_out(&mut self, actions: Vec<Action>) -> Option<RunOutcome> {
+    async fn carry_out(&mut self, actions: Vec<Action>) -> Turn {
         let mut writes = Vec::new();
         let mut events = Vec::new();
         let mut critical = false;
@@ -451,7 +479,9 @@ impl Driver {
             let mut all = std::mem::take(&mut self.deferred);
             self.deferred_since = None;
             all.extend(writes);
-            self.commit(all).await;
+            if self.commit(all).await.is_err() {
+                return Turn::Lost;
+            }
         } else if !writes.is_empty() {
             self.deferred.extend(writes);
             self.deferred_since.get_or_insert_with(Instant::now);
@@ -480,14 +510,16 @@ impl Driver {
                 _ => {}
             }
         }
-        let (status, output, error) = finish?;
+        let Some((status, output, error)) = finish else {
+            return Turn::Running;
+        };
         self.record_finish(status);
         let error_kind = self.first_failure.map(|(_, k)| k).or(match status {
             RunStatus::TimedOut => Some("timeout"),
             RunStatus::Cancelled => Some("cancelled"),
             _ => None,
         });
-        Some(RunOutcome {
+        Turn::Finished(RunOutcome {
             status,
             output,
             error_kind: if status == RunStatus::Succeeded {
@@ -500,13 +532,27 @@ impl Driver {
         })
     }
 
+    /// The batch behind this run's fence: refused whole once another claim raised the epoch.
+    fn fenced(&self, writes: Vec<Write>) -> Vec<Write> {
+        let mut all = Vec::with_capacity(writes.len() + 1);
+        all.push(Write::Fence {
+            run_id: self.run_id.clone(),
+            epoch: self.epoch,
+        });
+        all.extend(writes);
+        all
+    }
+
     /// Commits, retrying with backoff while the store is unavailable: nothing acknowledged
     /// may be lost, and nothing that depends on these writes may start before they land.
-    async fn commit(&self, writes: Vec<Write>) {
+    /// Fails only when another replica holds the run now.
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), Lost> {
+        let writes = self.fenced(writes);
         let mut delay = Duration::from_millis(50);
         loop {
             match self.shared.store.commit(writes.clone()).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
+                Err(flotilla_store::StoreError::Fenced(_)) => return Err(Lost),
                 Err(e) => {
                     tracing::warn!(run_id = %self.run_id, error = %e, retry_in = ?delay, "commit failed; retrying");
                     tokio::time::sleep(delay).await;

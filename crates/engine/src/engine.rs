@@ -75,6 +75,8 @@ pub(crate) struct RunHandle {
     pub control: mpsc::UnboundedSender<Control>,
     pub done: watch::Receiver<Option<Arc<RunOutcome>>>,
     pub task: Option<AbortHandle>,
+    /// The epoch of the claim its driver holds the run under.
+    pub epoch: i64,
 }
 
 /// State shared by the engine and its run drivers.
@@ -109,6 +111,17 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunHandle>> {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the handle of a run whose driver stopped under `epoch` (a newer driver of the
+    /// same run, after a re-claim, keeps its own).
+    pub(crate) fn forget(&self, run_id: &str, epoch: i64) {
+        let mut runs = self.runs();
+        if runs.get(run_id).is_some_and(|h| h.epoch == epoch) {
+            runs.remove(run_id);
+        }
+        drop(runs);
+        self.idle.notify_waiters();
     }
 
     pub(crate) fn stored_definitions(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -339,9 +352,14 @@ impl Engine {
             .claim_runs(&shared.replica, now, lease_until, room as u32)
             .await?;
         let mut adopted = 0;
-        for record in runs {
-            if shared.runs().contains_key(&record.id) {
-                continue;
+        for flotilla_store::Claimed { run: record, epoch } in runs {
+            // Still executing here under an older claim (this process stalled past its
+            // lease and nobody else took the run): that driver's writes are fenced now, so
+            // it stops, and the run resumes from what is recorded.
+            if let Some(stale) = shared.runs().remove(&record.id)
+                && let Some(task) = stale.task
+            {
+                task.abort();
             }
             let compiled = self
                 .definition(&record.definition_hash, &record.workflow)
@@ -369,6 +387,7 @@ impl Engine {
                 priority,
                 state,
                 seq,
+                epoch,
             );
             for s in &record.steps {
                 if let Some(i) = pos(&s.step_id) {
@@ -485,6 +504,7 @@ impl Engine {
                 control,
                 done: done.clone(),
                 task: None,
+                epoch: driver.epoch(),
             },
         );
         // A child of the request that submitted the run, if any; a root after a restart.
@@ -624,8 +644,15 @@ impl Engine {
                     .stored_definitions()
                     .insert(compiled.hash.clone());
                 let state = RunState::new(compiled.dag.len());
-                let driver =
-                    Driver::new(self.shared.clone(), compiled, &record, priority, state, 0);
+                let driver = Driver::new(
+                    self.shared.clone(),
+                    compiled,
+                    &record,
+                    priority,
+                    state,
+                    0,
+                    0,
+                );
                 let done = self.spawn(id.clone(), driver);
                 Ok(Submitted {
                     run_id: id,

@@ -52,6 +52,10 @@ pub enum StoreError {
     /// The database server cannot be reached or refused the operation.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A write under a lease that another replica has since taken over (a stale epoch);
+    /// nothing of its batch was recorded.
+    #[error("run {0} is held by another replica now; the write was refused")]
+    Fenced(String),
 }
 
 /// Result alias of this crate.
@@ -85,14 +89,16 @@ pub trait Store: Send + Sync + 'static {
     /// Whether several processes share this store, so that runs are held under leases.
     fn is_shared(&self) -> bool;
     /// Takes unfinished runs that nobody holds (no owner, or a lease expired before `now`)
-    /// for `owner` until `lease_until`, at most `limit`; returns them with their steps.
+    /// for `owner` until `lease_until`, at most `limit`; returns them with their steps and
+    /// the new epoch each claim raised. A store one process owns returns every unfinished
+    /// run at epoch 0 and never fences.
     async fn claim_runs(
         &self,
         owner: &str,
         now: i64,
         lease_until: i64,
         limit: u32,
-    ) -> Result<Vec<RunRecord>>;
+    ) -> Result<Vec<Claimed>>;
     /// Extends `owner`'s leases on `ids`; returns the ids it still holds.
     async fn renew_leases(
         &self,

@@ -275,6 +275,24 @@ pub enum Write {
     },
     /// Append an event.
     Event(EventRecord),
+    /// The batch's writes to `run_id` count only while the run is held under `epoch`: on a
+    /// shared store a claim by another replica raises the epoch, and the whole batch is then
+    /// refused with [`StoreError::Fenced`](crate::StoreError::Fenced).
+    Fence {
+        /// Run id.
+        run_id: String,
+        /// The epoch of the claim the writer holds.
+        epoch: i64,
+    },
+}
+
+/// A run taken by a claim, with the epoch (fencing token) its writes must carry.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The run, with its steps.
+    pub run: RunRecord,
+    /// Raised by every claim; a write under an older epoch is refused.
+    pub epoch: i64,
 }
 
 /// A run as lists show it: no input, output or steps, whose size the caller controls;

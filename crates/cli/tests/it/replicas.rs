@@ -12,6 +12,23 @@ async fn replica(yaml: &str) -> TestApp {
     spawn_app_in(tempfile::tempdir().unwrap(), yaml).await
 }
 
+/// What `psql -At -c sql` prints.
+fn psql(url: &str, sql: &str) -> String {
+    let psql = std::env::var("PG_BIN")
+        .map(|b| format!("{b}/psql"))
+        .unwrap_or_else(|_| "psql".into());
+    let out = std::process::Command::new(psql)
+        .args([url, "-At", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 async fn status_of(app: &TestApp, id: &str) -> Option<String> {
     let (code, run) = app.get(&format!("/api/v1/runs/{id}")).await;
     (code == 200).then(|| run["status"].as_str().unwrap_or("").to_owned())
@@ -71,27 +88,13 @@ workflows:
     first.kill();
     // What was durably succeeded at the kill (the survivor claims nothing before the killed
     // replica's leases lapse, two seconds on): none of these may ever run again.
-    let psql = std::env::var("PG_BIN")
-        .map(|b| format!("{b}/psql"))
-        .unwrap_or_else(|_| "psql".into());
-    let out = std::process::Command::new(psql)
-        .args([
-            url.as_str(),
-            "-At",
-            "-c",
-            "SELECT run_id || '/' || step_id FROM steps WHERE status = 'succeeded'",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let succeeded_at_kill: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let succeeded_at_kill: std::collections::HashSet<String> = psql(
+        &url,
+        "SELECT run_id || '/' || step_id FROM steps WHERE status = 'succeeded'",
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
     assert!(
         (300..3000).contains(&succeeded_at_kill.len()),
         "the kill came midway: {} of 3,000 steps had succeeded",
@@ -175,4 +178,97 @@ workflows:
         let run = second.finished(id).await;
         assert_eq!(run["status"], "succeeded", "{run}");
     }
+}
+
+/// Sends a signal to a replica's process.
+fn signal(app: &TestApp, sig: &str) {
+    let pid = app.child.as_ref().expect("running").id().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_past_its_lease_records_nothing_after_another_took_over() {
+    let Some(url) = postgres_database() else {
+        return;
+    };
+    let fake = fake_agent().await;
+    let yaml = format!(
+        r#"
+storage: {{ url: "{url}", pool_size: 8 }}
+engine: {{ lease: 2s, claim_interval: 200ms }}
+agents:
+  counter: {{ kind: http, endpoints: ["{agent}"] }}
+workflows:
+  two:
+    steps:
+      - {{ id: a, agent: counter, input: {{ sleep_ms: 1500 }} }}
+      - {{ id: b, agent: counter, needs: [a] }}
+"#,
+        agent = fake.url
+    );
+    let mut stale = replica(&yaml).await;
+    let survivor = replica(&yaml).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(stale.start_run("two", json!({"n": i})).await);
+    }
+    // Every run's first call is in flight on `stale` when it stops; the answers arrive
+    // while it is stopped and wait in its sockets.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake.seen.lock().unwrap().calls.len() < ids.len() {
+        assert!(Instant::now() < deadline, "the calls never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&stale, "-STOP");
+    for id in &ids {
+        let run = survivor.finished(id).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    let record = |url: &str| {
+        psql(
+            url,
+            "SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
+               SELECT concat_ws('|', run_id, step_id, status, attempts, output, error, started_at, finished_at, agent) AS x FROM steps
+               UNION ALL SELECT concat_ws('|', run_id, seq, kind, step_id, data) FROM events
+               UNION ALL SELECT concat_ws('|', id, status, output, error, updated_at, finished_at) FROM runs) t",
+        )
+    };
+    let before = record(&url);
+    signal(&stale, "-CONT");
+    // The stale replica wakes with its calls answered and its leases lost: it must stop
+    // every run it held, without recording anything.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, health) = stale.get("/health").await;
+        if code == 200 && health["components"]["runs"]["active"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stale replica kept its runs: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A run through the stale replica commits behind every write it had queued.
+    let probe = stale.start_run("two", json!({"n": "probe"})).await;
+    assert_eq!(stale.finished(&probe).await["status"], "succeeded");
+    let after = record(&url);
+    let before: std::collections::BTreeSet<&str> = before.lines().collect();
+    let after: std::collections::BTreeSet<&str> =
+        after.lines().filter(|l| !l.contains(&probe)).collect();
+    let changed: Vec<_> = after.symmetric_difference(&before).take(6).collect();
+    assert!(
+        changed.is_empty(),
+        "the stale replica recorded something after another replica took its runs over: {changed:#?}"
+    );
+    // Every run finished once: its second step ran once, by the survivor.
+    let calls = fake.seen.lock().unwrap().calls.clone();
+    for id in &ids {
+        assert_eq!(calls.get(&format!("{id}/b")), Some(&1), "{id}/b");
+    }
+    stale.kill();
 }

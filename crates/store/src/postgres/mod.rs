@@ -20,7 +20,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::record::{
-    CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, RunSummary, Write, usage_json,
+    Claimed, CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, RunSummary, Write, usage_json,
 };
 use crate::{Result, Store, StoreError};
 
@@ -97,6 +97,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_leases.sql")),
     (3, include_str!("../../migrations/postgres/0003_usage.sql")),
+    (4, include_str!("../../migrations/postgres/0004_epoch.sql")),
 ];
 
 impl From<sqlx::Error> for StoreError {
@@ -127,11 +128,21 @@ impl PostgresStore {
         let applier = tokio::spawn(async move {
             while let Some(writes) = rx.recv().await {
                 let mut delay = Duration::from_millis(50);
-                // Queued writes are not awaited by anyone; keep them in order and keep trying.
-                while let Err(e) = commit_on(&apply_pool, &writes).await {
-                    tracing::warn!(error = %e, retry_in = ?delay, "queued write failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                // Queued writes are not awaited by anyone; keep them in order and keep trying,
+                // unless another replica holds the run now: then they must never land.
+                loop {
+                    match commit_on(&apply_pool, &writes).await {
+                        Ok(()) => break,
+                        Err(StoreError::Fenced(run)) => {
+                            tracing::warn!(run_id = %run, "queued write refused: another replica holds the run");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in = ?delay, "queued write failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
                 }
                 applied_tx.send_modify(|n| *n += 1);
             }
@@ -175,12 +186,23 @@ impl Drop for PostgresStore {
 /// Applies a batch in one statement (one round trip, one implicit transaction): each table
 /// gets its rows through `unnest`, in data-modifying CTEs. A key written twice in a batch
 /// keeps its last write, as applying the writes in order would.
+///
+/// Fencing: the batch's fenced runs are locked (`FOR SHARE`, so a concurrent claim waits for
+/// this statement, and a claim committed first is seen) and compared with the epochs the
+/// batch carries; nothing is written to a run whose epoch moved on, and the batch fails with
+/// [`StoreError::Fenced`].
 async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
     let mut steps: Vec<(&str, &crate::record::StepRecord)> = Vec::new();
     let mut runs: Vec<&Write> = Vec::new();
     let mut events: Vec<&crate::record::EventRecord> = Vec::new();
+    let mut fence_ids: Vec<&str> = Vec::new();
+    let mut fence_epochs: Vec<i64> = Vec::new();
     for w in writes {
         match w {
+            Write::Fence { run_id, epoch } => {
+                fence_ids.push(run_id);
+                fence_epochs.push(*epoch);
+            }
             Write::Step { run_id, step } => {
                 steps.retain(|(r, s)| !(*r == run_id.as_str() && s.step_id == step.step_id));
                 steps.push((run_id, step));
@@ -215,22 +237,30 @@ async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
             run_finished.push(status.is_terminal().then_some(*at));
         }
     }
-    sqlx::query(
-        "WITH s AS (
+    let stale: Option<Vec<String>> = sqlx::query_scalar(
+        "WITH held AS (
+            SELECT id, epoch FROM runs WHERE id = ANY($23::text[]) FOR SHARE
+         ), stale AS (
+            SELECT f.id FROM unnest($23::text[], $24::int8[]) AS f(id, epoch)
+            LEFT JOIN held ON held.id = f.id
+            WHERE held.epoch IS DISTINCT FROM f.epoch
+         ), s AS (
             INSERT INTO steps (run_id, step_id, status, attempts, output, error, started_at, finished_at, agent, usage)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::int8[], $8::int8[], $21::text[], $22::text[])
+                AS x(run_id, step_id, status, attempts, output, error, started_at, finished_at, agent, usage)
+            WHERE x.run_id NOT IN (SELECT id FROM stale)
             ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status,
               attempts = excluded.attempts, output = excluded.output, error = excluded.error,
               started_at = excluded.started_at, finished_at = excluded.finished_at,
               agent = excluded.agent, usage = excluded.usage
             WHERE steps.status IN ('pending', 'running')
                OR (steps.status = 'succeeded' AND excluded.status IN ('succeeded', 'compensated'))
-            RETURNING 1
          ), e AS (
             INSERT INTO events (run_id, seq, at, kind, step_id, data)
             SELECT * FROM unnest($9::text[], $10::int8[], $11::int8[], $12::text[], $13::text[], $14::text[])
+                AS x(run_id, seq, at, kind, step_id, data)
+            WHERE x.run_id NOT IN (SELECT id FROM stale)
             ON CONFLICT DO NOTHING
-            RETURNING 1
          ), r AS (
             UPDATE runs SET status = u.status, output = COALESCE(u.output, runs.output),
               error = COALESCE(u.error, runs.error), updated_at = u.at,
@@ -238,9 +268,9 @@ async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
             FROM unnest($15::text[], $16::text[], $17::text[], $18::text[], $19::int8[], $20::int8[])
                  AS u(id, status, output, error, at, finished)
             WHERE runs.id = u.id AND runs.status IN ('queued', 'running')
-            RETURNING 1
+              AND u.id NOT IN (SELECT id FROM stale)
          )
-         SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM e) + (SELECT count(*) FROM r)",
+         SELECT array_agg(id) FROM stale",
     )
     .bind(steps.iter().map(|(r, _)| *r).collect::<Vec<_>>())
     .bind(steps.iter().map(|(_, s)| s.step_id.as_str()).collect::<Vec<_>>())
@@ -264,9 +294,14 @@ async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
     .bind(run_finished)
     .bind(steps.iter().map(|(_, s)| s.agent.as_deref()).collect::<Vec<_>>())
     .bind(steps.iter().map(|(_, s)| s.usage.map(|u| usage_json(&u))).collect::<Vec<_>>())
-    .execute(pool)
+    .bind(fence_ids)
+    .bind(fence_epochs)
+    .fetch_one(pool)
     .await?;
-    Ok(())
+    match stale.unwrap_or_default().into_iter().next() {
+        Some(run) => Err(StoreError::Fenced(run)),
+        None => Ok(()),
+    }
 }
 
 #[async_trait]
@@ -419,13 +454,13 @@ impl Store for PostgresStore {
         now: i64,
         lease_until: i64,
         limit: u32,
-    ) -> Result<Vec<RunRecord>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE runs SET owner = $1, lease_until = $3
+    ) -> Result<Vec<Claimed>> {
+        let claimed: Vec<(String, i64)> = sqlx::query_as(
+            "UPDATE runs SET owner = $1, lease_until = $3, epoch = epoch + 1
              WHERE id IN (SELECT id FROM runs
                           WHERE status IN ('queued', 'running') AND (owner IS NULL OR lease_until < $2)
                           ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING id",
+             RETURNING id, epoch",
         )
         .bind(owner)
         .bind(now)
@@ -433,10 +468,19 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        if ids.is_empty() {
+        if claimed.is_empty() {
             return Ok(Vec::new());
         }
-        read::by_ids(&self.pool, &ids).await
+        let ids: Vec<String> = claimed.iter().map(|(id, _)| id.clone()).collect();
+        let epochs: std::collections::HashMap<String, i64> = claimed.into_iter().collect();
+        Ok(read::by_ids(&self.pool, &ids)
+            .await?
+            .into_iter()
+            .map(|run| Claimed {
+                epoch: epochs.get(&run.id).copied().unwrap_or_default(),
+                run,
+            })
+            .collect())
     }
 
     async fn renew_leases(

@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use crate::record::{CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, RunSummary, Write};
+use crate::record::{
+    Claimed, CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, RunSummary, Write,
+};
 use crate::{Result, Store, StoreError};
 use writer::Job;
 
@@ -290,8 +292,14 @@ impl Store for SqliteStore {
         _now: i64,
         _lease_until: i64,
         _limit: u32,
-    ) -> Result<Vec<RunRecord>> {
-        self.unfinished_runs().await
+    ) -> Result<Vec<Claimed>> {
+        // One process owns this database: no other holder exists to fence off.
+        Ok(self
+            .unfinished_runs()
+            .await?
+            .into_iter()
+            .map(|run| Claimed { run, epoch: 0 })
+            .collect())
     }
 
     async fn renew_leases(

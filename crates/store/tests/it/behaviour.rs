@@ -240,7 +240,10 @@ pub async fn claims_and_leases(store: &dyn Store) {
     store.create_run(new_run("r2", None)).await.unwrap();
     let claimed = store.claim_runs("a", 100, 1_000, 10).await.unwrap();
     assert_eq!(
-        claimed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        claimed
+            .iter()
+            .map(|c| c.run.id.as_str())
+            .collect::<Vec<_>>(),
         ["r1", "r2"]
     );
     assert_eq!(
@@ -262,9 +265,33 @@ pub async fn claims_and_leases(store: &dyn Store) {
         // r2's lease (1,000) has expired at 1,500; r1's (2,000) has not.
         let taken = store.claim_runs("b", 1_500, 5_000, 10).await.unwrap();
         assert_eq!(
-            taken.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            taken.iter().map(|c| c.run.id.as_str()).collect::<Vec<_>>(),
             ["r2"]
         );
+        // Each claim raised the epoch: a's writes under its old claim are refused whole,
+        // b's land.
+        let (old, new) = (claimed[1].epoch, taken[0].epoch);
+        assert!(new > old, "epochs {old} then {new}");
+        let batch = |epoch| {
+            vec![
+                Write::Fence {
+                    run_id: "r2".into(),
+                    epoch,
+                },
+                Write::Step {
+                    run_id: "r2".into(),
+                    step: step("a", StepStatus::Running),
+                },
+            ]
+        };
+        let refused = store.commit(batch(old)).await;
+        assert!(
+            matches!(refused, Err(StoreError::Fenced(ref r)) if r == "r2"),
+            "{refused:?}"
+        );
+        assert!(store.run("r2").await.unwrap().unwrap().steps.is_empty());
+        store.commit(batch(new)).await.unwrap();
+        assert_eq!(store.run("r2").await.unwrap().unwrap().steps.len(), 1);
         assert!(
             store
                 .renew_leases("a", &["r2".into()], 9_000)
