@@ -7,6 +7,7 @@
 //! fsyncs for free, so it is refused unless `--allow-tmpfs`. Prints one JSON line, with
 //! every setting that differs from `serve`'s defaults.
 
+use flotilla_spec::storage::Backend;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -180,16 +181,16 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .store
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
-    let filesystem = match url.strip_prefix("sqlite://") {
-        Some(file) => {
-            let file = std::path::Path::new(file);
+    let backend = Backend::of(&url).map_err(|e| anyhow::anyhow!("--store {url}: {e}"))?;
+    let filesystem = match &backend {
+        Backend::Sqlite(file) => {
             let parent = file
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(std::path::Path::new("."));
             fs_type(parent).unwrap_or_else(|| "unknown".into())
         }
-        None => "server".into(),
+        Backend::Postgres => "server".into(),
     };
     if filesystem == "tmpfs" && !args.allow_tmpfs {
         bail!(
@@ -198,7 +199,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let config = Arc::new(config(&url, args.relaxed, args.pool_size)?);
-    if args.replicas > 1 && !url.starts_with("postgres") {
+    if args.replicas > 1 && !backend.is_shared() {
         bail!("--replicas needs a shared store (--store postgres://…); SQLite serves one process");
     }
     let mut telemetry = None;

@@ -1,5 +1,6 @@
 //! `flotilla serve` and `flotilla migrate`.
 
+use flotilla_spec::storage::Backend;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -28,7 +29,9 @@ pub struct ServeArgs {
 /// Opens the configured store.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = &config.storage.url;
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    let backend = Backend::of(url)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", flotilla_spec::redact::redact_url(url)))?;
+    if backend.is_shared() {
         let options = PostgresOptions {
             pool_size: config.storage.pool_size,
             connect_timeout: config.storage.connect_timeout.0,

@@ -5,6 +5,7 @@
 //! the same bytes. Secrets appear only as references (`secretKeyRef`, `${VAR}` in the
 //! copied configuration), never as values.
 
+use flotilla_spec::storage::Backend;
 use flotilla_spec::{Config, DeployConfig, Strategy};
 use serde_json::{Value, json};
 
@@ -72,7 +73,7 @@ pub enum GenerateError {
 /// Why a SQLite store cannot run as the Kubernetes output would run it, if it cannot.
 fn sqlite_scaled(config: &Config) -> Option<GenerateError> {
     let d = &config.deploy;
-    let shared = !config.storage.url.starts_with("sqlite:")
+    let shared = Backend::of(&config.storage.url).is_ok_and(|b| b.is_shared())
         || d.secrets.iter().any(|s| s.env == "DATABASE_URL");
     if shared {
         return None;

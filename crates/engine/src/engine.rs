@@ -848,6 +848,9 @@ impl Engine {
         if let Some(l) = self.leases.lock().unwrap_or_else(|e| e.into_inner()).take() {
             l.abort();
         }
+        if let Some(tracker) = &self.shared.tracker {
+            tracker.shutdown(Duration::from_secs(5)).await;
+        }
         if self.shared.store.is_shared()
             && let Err(e) = self.shared.store.release_leases(&self.shared.replica).await
         {

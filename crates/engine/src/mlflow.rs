@@ -2,7 +2,8 @@
 //!
 //! Finished runs are handed to a background task over a bounded queue and never waited
 //! for: when MLflow is slow or down, summaries are dropped (counted, and a warning is logged
-//! at most once a minute), and workflows go on at full speed.
+//! at most once a minute), and workflows go on at full speed. The sender ends when the
+//! last [`Tracker`] is dropped, or at [`Tracker::shutdown`] after sending what is queued.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use flotilla_store::{RunStatus, Usage};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
@@ -51,6 +53,19 @@ pub struct RunSummary {
 #[derive(Clone)]
 pub struct Tracker {
     queue: mpsc::Sender<RunSummary>,
+    failures: Failures,
+    /// The sender task and its stop signal: owned here, not by the task itself.
+    worker: Arc<Worker>,
+}
+
+struct Worker {
+    stop: watch::Sender<bool>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Counts and (rarely) logs failed exports.
+#[derive(Clone)]
+struct Failures {
     warned_at: Arc<AtomicI64>,
     metrics: Arc<Metrics>,
 }
@@ -64,10 +79,8 @@ impl Tracker {
         metrics: Arc<Metrics>,
     ) -> Tracker {
         let (queue, rx) = mpsc::channel(QUEUE);
-        let warned_at = Arc::new(AtomicI64::new(i64::MIN / 2));
-        let tracker = Tracker {
-            queue,
-            warned_at,
+        let failures = Failures {
+            warned_at: Arc::new(AtomicI64::new(i64::MIN / 2)),
             metrics,
         };
         let api = Api {
@@ -76,17 +89,59 @@ impl Tracker {
             experiment: experiment.to_owned(),
             experiment_id: None,
         };
-        tokio::spawn(api.run(rx, tracker.clone()));
-        tracker
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(api.run(rx, stopped, failures.clone()));
+        Tracker {
+            queue,
+            failures,
+            worker: Arc::new(Worker {
+                stop,
+                task: std::sync::Mutex::new(Some(task)),
+            }),
+        }
     }
 
     /// Queues a finished run; never waits.
     pub fn record(&self, summary: RunSummary) {
         if self.queue.try_send(summary).is_err() {
-            self.failed("the MLflow queue is full; run summaries are being dropped");
+            self.failures
+                .failed("the MLflow queue is full; run summaries are being dropped");
         }
     }
 
+    /// Sends what is queued, for up to `within`, then stops the sender.
+    pub async fn shutdown(&self, within: Duration) {
+        let _ = self.worker.stop.send(true);
+        let task = self
+            .worker
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut task) = task
+            && tokio::time::timeout(within, &mut task).await.is_err()
+        {
+            task.abort();
+            self.failures
+                .failed("MLflow did not take the last run summaries before shutdown");
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .task
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Failures {
     fn failed(&self, why: &str) {
         self.metrics.mlflow_export_errors.inc();
         let now = now_ms();
@@ -110,10 +165,29 @@ struct Api {
 }
 
 impl Api {
-    async fn run(mut self, mut rx: mpsc::Receiver<RunSummary>, tracker: Tracker) {
-        while let Some(summary) = rx.recv().await {
+    /// Sends summaries until every [`Tracker`] is gone, or until told to stop (then what is
+    /// already queued still goes).
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<RunSummary>,
+        mut stop: watch::Receiver<bool>,
+        failures: Failures,
+    ) {
+        loop {
+            let stopping = tokio::select! {
+                s = rx.recv() => Some(s),
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            let summary = match stopping {
+                Some(s) => s,
+                None => {
+                    rx.close();
+                    rx.recv().await
+                }
+            };
+            let Some(summary) = summary else { return };
             if let Err(e) = self.send(&summary).await {
-                tracker.failed(&e);
+                failures.failed(&e);
             }
         }
     }
@@ -239,5 +313,72 @@ impl Api {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary() -> RunSummary {
+        RunSummary {
+            run_id: "r".into(),
+            workflow: "w".into(),
+            definition_hash: "h".into(),
+            input: Value::Null,
+            status: RunStatus::Succeeded,
+            started_at: 0,
+            finished_at: 1,
+            steps: 1,
+            usage: Usage::default(),
+        }
+    }
+
+    /// Alive tasks of the current runtime, once they settle at `want` (bounded wait).
+    async fn settles_at(want: usize) -> bool {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        for _ in 0..500 {
+            if metrics.num_alive_tasks() == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn the_sender_ends_with_its_last_tracker() {
+        let before = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        // Nothing listens on port 9: sends fail fast.
+        let tracker = Tracker::start(
+            "http://127.0.0.1:9",
+            "e",
+            reqwest::Client::new(),
+            Arc::new(Metrics::new()),
+        );
+        tracker.clone().record(summary());
+        assert!(settles_at(before + 1).await, "the sender runs");
+        drop(tracker);
+        assert!(settles_at(before).await, "the sender outlived its tracker");
+    }
+
+    #[tokio::test]
+    async fn shutdown_sends_what_is_queued_then_stops() {
+        let metrics = Arc::new(Metrics::new());
+        let tracker = Tracker::start(
+            "http://127.0.0.1:9",
+            "e",
+            reqwest::Client::new(),
+            metrics.clone(),
+        );
+        for _ in 0..3 {
+            tracker.record(summary());
+        }
+        tracker.shutdown(Duration::from_secs(30)).await;
+        // Each queued summary was tried (and failed: nothing listens) before the stop.
+        assert!(metrics.mlflow_export_errors.get() >= 3);
+        assert!(tracker.worker.task.lock().unwrap().is_none());
     }
 }

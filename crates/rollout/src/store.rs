@@ -2,6 +2,7 @@
 //! live: SQLite (shared with other processes: the controller and `flotilla rollout promote`
 //! open the same file) or PostgreSQL.
 
+use flotilla_spec::storage::Backend;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -83,19 +84,13 @@ pub trait StateStore: Send + Sync {
 
 /// Opens the store at `url` (`sqlite://path` or `postgres://…`).
 pub async fn open(url: &str) -> Result<Arc<dyn StateStore>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStateStore::open(url).await?))
-    } else if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or(url.strip_prefix("sqlite:"))
-    {
-        let path = PathBuf::from(path.split('?').next().unwrap_or(path));
-        Ok(Arc::new(SqliteStateStore::open(path).await?))
-    } else {
-        Err(StoreError(format!(
-            "unsupported store url `{}`: use sqlite://PATH or postgres://…",
+    match Backend::of(url) {
+        Ok(Backend::Postgres) => Ok(Arc::new(PgStateStore::open(url).await?)),
+        Ok(Backend::Sqlite(path)) => Ok(Arc::new(SqliteStateStore::open(path).await?)),
+        Err(e) => Err(StoreError(format!(
+            "unsupported store url `{}`: {e}",
             flotilla_spec::redact::redact_url(url)
-        )))
+        ))),
     }
 }
 

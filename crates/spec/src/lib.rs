@@ -28,6 +28,7 @@ mod load;
 mod model;
 pub mod redact;
 pub mod secret;
+pub mod storage;
 pub mod template;
 mod units;
 mod validate;

@@ -221,7 +221,7 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `sqlite://PATH` (relative to the working directory) or `sqlite::memory:`.
+    /// `sqlite://PATH` (relative to the working directory) or `postgres://…`.
     #[serde(default = "default_storage_url")]
     pub url: String,
     /// Read connections kept open.

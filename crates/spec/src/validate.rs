@@ -74,15 +74,8 @@ pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
     if config.engine.max_concurrency == 0 {
         c.err("engine.max_concurrency", "must be at least 1");
     }
-    let url = &config.storage.url;
-    if !(url.starts_with("sqlite:")
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://"))
-    {
-        c.err(
-            "storage.url",
-            "storage.url must start with sqlite:// or postgres://",
-        );
+    if let Err(e) = crate::storage::Backend::of(&config.storage.url) {
+        c.err("storage.url", &e);
     }
     check_auth(&mut c, config);
     for (name, agent) in &config.agents {

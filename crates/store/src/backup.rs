@@ -10,32 +10,32 @@ use std::process::Command;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::sqlite::path_from_url;
+use flotilla_spec::storage::Backend;
+
 use crate::{Result, StoreError};
 
-fn is_postgres(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
+fn backend(url: &str) -> Result<Backend> {
+    Backend::of(url)
+        .map_err(|e| StoreError::Url(format!("{}: {e}", flotilla_spec::redact::redact_url(url))))
 }
 
 /// Writes a backup of the store at `url` to `dest`.
 pub async fn backup(url: &str, dest: &Path) -> Result<()> {
+    let backend = backend(url)?;
     let (url, dest) = (url.to_owned(), dest.to_owned());
-    tokio::task::spawn_blocking(move || {
-        if is_postgres(&url) {
-            run_tool(
-                "pg_dump",
-                &[
-                    "--format=custom",
-                    "--no-owner",
-                    "--file",
-                    &dest.display().to_string(),
-                    "--dbname",
-                    &url,
-                ],
-            )
-        } else {
-            sqlite_backup(&path_from_url(&url)?, &dest)
-        }
+    tokio::task::spawn_blocking(move || match backend {
+        Backend::Postgres => run_tool(
+            "pg_dump",
+            &[
+                "--format=custom",
+                "--no-owner",
+                "--file",
+                &dest.display().to_string(),
+                "--dbname",
+                &url,
+            ],
+        ),
+        Backend::Sqlite(path) => sqlite_backup(&path, &dest),
     })
     .await
     .map_err(|_| StoreError::Closed)?
@@ -50,34 +50,38 @@ pub async fn restore(url: &str, src: &Path, force: bool) -> Result<()> {
             format!("backup file {} does not exist", src.display()),
         )));
     }
-    if is_postgres(url) {
-        let store = crate::PostgresStore::connect(url, Default::default())?;
-        if !force && store.holds_runs().await? {
-            return Err(refuse_non_empty());
-        }
-        let (url, src) = (url.to_owned(), src.to_owned());
-        return tokio::task::spawn_blocking(move || {
-            run_tool(
-                "pg_restore",
-                &[
-                    "--clean",
-                    "--if-exists",
-                    "--no-owner",
-                    "--single-transaction",
-                    "--dbname",
-                    &url,
-                    &src.display().to_string(),
-                ],
-            )
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?;
-    }
-    let path = path_from_url(url)?;
+    let path = match backend(url)? {
+        Backend::Sqlite(path) => path,
+        Backend::Postgres => return pg_restore(url, src, force).await,
+    };
     let src = src.to_owned();
     tokio::task::spawn_blocking(move || sqlite_restore(&path, &src, force))
         .await
         .map_err(|_| StoreError::Closed)?
+}
+
+async fn pg_restore(url: &str, src: &Path, force: bool) -> Result<()> {
+    let store = crate::PostgresStore::connect(url, Default::default())?;
+    if !force && store.holds_runs().await? {
+        return Err(refuse_non_empty());
+    }
+    let (url, src) = (url.to_owned(), src.to_owned());
+    tokio::task::spawn_blocking(move || {
+        run_tool(
+            "pg_restore",
+            &[
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                "--single-transaction",
+                "--dbname",
+                &url,
+                &src.display().to_string(),
+            ],
+        )
+    })
+    .await
+    .map_err(|_| StoreError::Closed)?
 }
 
 fn refuse_non_empty() -> StoreError {

@@ -30,7 +30,7 @@ use async_trait::async_trait;
 pub enum StoreError {
     /// The database could not be opened or used.
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(rusqlite::Error),
     /// Another process holds the database.
     #[error("{0}")]
     Locked(String),
@@ -56,6 +56,18 @@ pub enum StoreError {
     /// nothing of its batch was recorded.
     #[error("run {0} is held by another replica now; the write was refused")]
     Fenced(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        // A column that does not parse as what flotilla stores is a corrupt record.
+        if let rusqlite::Error::FromSqlConversionFailure(_, _, source) = &e
+            && let Some(StoreError::Corrupt(what)) = source.downcast_ref::<StoreError>()
+        {
+            return StoreError::Corrupt(what.clone());
+        }
+        StoreError::Database(e)
+    }
 }
 
 /// Result alias of this crate.

@@ -19,6 +19,20 @@ macro_rules! status_enum {
             pub fn parse(s: &str) -> Option<Self> {
                 match s { $($text => Some($name::$variant),)* _ => None }
             }
+            /// Reads a stored name: one the store cannot have written is a corrupt record,
+            /// on every backend alike.
+            pub fn stored(s: &str) -> crate::Result<Self> {
+                Self::parse(s).ok_or_else(|| {
+                    crate::StoreError::Corrupt(format!("{} `{s}`", stringify!($name)))
+                })
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let s = v.as_str()?;
+                Self::stored(s).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+            }
         }
 
         impl std::fmt::Display for $name {
@@ -346,7 +360,6 @@ pub struct RunQuery {
     pub before: Option<String>,
 }
 
-/// Parses a stored JSON column; text that does not parse is a corrupt record.
 /// A step's usage as stored.
 pub(crate) fn usage_json(u: &Usage) -> String {
     serde_json::to_string(u).unwrap_or_default()
@@ -360,6 +373,7 @@ pub(crate) fn parse_usage(text: Option<String>) -> crate::Result<Option<Usage>> 
     .transpose()
 }
 
+/// Parses a stored JSON column; text that does not parse is a corrupt record.
 pub(crate) fn parse_json(text: Option<String>) -> crate::Result<Option<Value>> {
     text.map(|t| serde_json::from_str(&t).map_err(|e| crate::StoreError::Corrupt(e.to_string())))
         .transpose()

@@ -4,11 +4,11 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 
+use crate::Result;
 use crate::record::{
     EventRecord, RunKind, RunQuery, RunRecord, RunStatus, RunSummary, StepRecord, StepStatus,
 };
 use crate::record::{parse_json as json, parse_usage};
-use crate::{Result, StoreError};
 
 macro_rules! run_columns {
     () => {
@@ -22,11 +22,10 @@ fn run_row(row: &PgRow) -> Result<RunRecord> {
     let status: String = row.try_get("status")?;
     Ok(RunRecord {
         id: row.try_get("id")?,
-        kind: RunKind::parse(&kind).unwrap_or(RunKind::Workflow),
+        kind: RunKind::stored(&kind)?,
         workflow: row.try_get("workflow")?,
         definition_hash: row.try_get("definition_hash")?,
-        status: RunStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("run status {status}")))?,
+        status: RunStatus::stored(&status)?,
         priority: row.try_get("priority")?,
         input: json(row.try_get("input")?)?.unwrap_or(Value::Null),
         metadata: json(row.try_get("metadata")?)?.unwrap_or(Value::Null),
@@ -59,8 +58,7 @@ async fn with_steps(pool: &PgPool, rows: Vec<PgRow>) -> Result<Vec<RunRecord>> {
         let status: String = row.try_get("status")?;
         let step = StepRecord {
             step_id: row.try_get("step_id")?,
-            status: StepStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("step status {status}")))?,
+            status: StepStatus::stored(&status)?,
             attempts: row.try_get::<i32, _>("attempts")? as u32,
             output: json(row.try_get("output")?)?,
             error: row.try_get("error")?,
@@ -112,11 +110,10 @@ pub(super) async fn list(pool: &PgPool, q: &RunQuery) -> Result<Vec<RunSummary>>
             let status: String = row.try_get("status")?;
             Ok(RunSummary {
                 id: row.try_get("id")?,
-                kind: RunKind::parse(&kind).unwrap_or(RunKind::Workflow),
+                kind: RunKind::stored(&kind)?,
                 workflow: row.try_get("workflow")?,
                 definition_hash: row.try_get("definition_hash")?,
-                status: RunStatus::parse(&status)
-                    .ok_or_else(|| StoreError::Corrupt(format!("run status {status}")))?,
+                status: RunStatus::stored(&status)?,
                 priority: row.try_get("priority")?,
                 metadata: json(row.try_get("metadata")?)?.unwrap_or(Value::Null),
                 error: row.try_get("error")?,

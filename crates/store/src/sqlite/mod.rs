@@ -75,18 +75,18 @@ pub(crate) fn take_lock(db: &Path) -> Result<std::result::Result<File, Held>> {
 }
 
 /// `sqlite://flotilla.db`, `sqlite:///abs/path.db`, `sqlite:flotilla.db` → a path.
-pub(crate) fn path_from_url(url: &str) -> Result<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .ok_or_else(|| StoreError::Url(url.to_owned()))?;
-    let rest = rest.split('?').next().unwrap_or(rest);
-    if rest.is_empty() || rest.starts_with(":memory:") || rest == "memory:" {
-        return Err(StoreError::Url(format!(
-            "{url}: in-memory databases are not durable; give a file path such as sqlite://flotilla.db"
-        )));
+fn path_from_url(url: &str) -> Result<PathBuf> {
+    match flotilla_spec::storage::Backend::of(url) {
+        Ok(flotilla_spec::storage::Backend::Sqlite(path)) => Ok(path),
+        Ok(flotilla_spec::storage::Backend::Postgres) => Err(StoreError::Url(format!(
+            "{}: not a SQLite URL",
+            flotilla_spec::redact::redact_url(url)
+        ))),
+        Err(e) => Err(StoreError::Url(format!(
+            "{}: {e}",
+            flotilla_spec::redact::redact_url(url)
+        ))),
     }
-    Ok(PathBuf::from(rest))
 }
 
 fn open_conn(path: &Path, durable: bool) -> Result<Connection> {

@@ -3,27 +3,25 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
+use crate::Result;
 use crate::record::{
-    EventRecord, RunKind, RunQuery, RunRecord, RunStatus, RunSummary, StepRecord, StepStatus,
+    EventRecord, RunQuery, RunRecord, RunStatus, RunSummary, StepRecord, StepStatus,
 };
 use crate::record::{parse_json as json, parse_usage};
-use crate::{Result, StoreError};
 
 const RUN_COLUMNS: &str =
     "id, kind, workflow, definition_hash, status, priority, input, metadata, output, error,
                            created_at, updated_at, finished_at, deadline_at";
 
 fn run_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, [Option<String>; 3])> {
-    let kind: String = row.get(1)?;
-    let status: String = row.get(4)?;
     let texts = [row.get::<_, Option<String>>(6)?, row.get(7)?, row.get(8)?];
     Ok((
         RunRecord {
             id: row.get(0)?,
-            kind: RunKind::parse(&kind).unwrap_or(RunKind::Workflow),
+            kind: row.get(1)?,
             workflow: row.get(2)?,
             definition_hash: row.get(3)?,
-            status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+            status: row.get(4)?,
             priority: row.get(5)?,
             input: Value::Null,
             metadata: Value::Null,
@@ -81,15 +79,13 @@ pub(crate) fn list(conn: &Connection, q: &RunQuery) -> Result<Vec<RunSummary>> {
                 RunSummary::MAX_ERROR as i64,
             ],
             |row| {
-                let kind: String = row.get(1)?;
-                let status: String = row.get(4)?;
                 Ok((
                     RunSummary {
                         id: row.get(0)?,
-                        kind: RunKind::parse(&kind).unwrap_or(RunKind::Workflow),
+                        kind: row.get(1)?,
                         workflow: row.get(2)?,
                         definition_hash: row.get(3)?,
-                        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+                        status: row.get(4)?,
                         priority: row.get(5)?,
                         metadata: Value::Null,
                         error: row.get(7)?,
@@ -146,8 +142,7 @@ fn steps(conn: &Connection, run_id: &str) -> Result<Vec<StepRecord>> {
             |(step_id, status, attempts, output, error, started_at, finished_at, agent, usage)| {
                 Ok(StepRecord {
                     step_id,
-                    status: StepStatus::parse(&status)
-                        .ok_or_else(|| StoreError::Corrupt(format!("step status {status}")))?,
+                    status: StepStatus::stored(&status)?,
                     attempts,
                     output: json(output)?,
                     error,

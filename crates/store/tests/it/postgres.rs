@@ -77,3 +77,38 @@ async fn an_unreachable_server_is_an_error_not_a_hang() {
     let err = store.ping().await.unwrap_err();
     assert!(err.to_string().contains("unavailable"), "{err}");
 }
+
+#[tokio::test]
+async fn a_status_flotilla_never_writes_reads_as_corrupt() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&url, PostgresOptions::default()).unwrap();
+    store.migrate().await.unwrap();
+    store
+        .create_run(crate::behaviour::new_run("r", None))
+        .await
+        .unwrap();
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE runs SET status = 'exploded'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = store.run("r").await.unwrap_err();
+    assert!(
+        matches!(&err, flotilla_store::StoreError::Corrupt(w) if w.contains("exploded")),
+        "{err:?}"
+    );
+    let err = store
+        .list_runs(&flotilla_store::RunQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, flotilla_store::StoreError::Corrupt(_)),
+        "{err:?}"
+    );
+}

@@ -83,3 +83,40 @@ async fn durable_fsyncs_every_commit_and_relaxed_does_not() {
         assert_eq!(sync, level, "durable: {durable}");
     }
 }
+
+#[tokio::test]
+async fn a_status_flotilla_never_writes_reads_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.db");
+    let url = format!("sqlite://{}", file.display());
+    {
+        let store = SqliteStore::open(&url, SqliteOptions::default())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+            .create_run(behaviour::new_run("r", None))
+            .await
+            .unwrap();
+    }
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute("UPDATE runs SET status = 'exploded'", [])
+        .unwrap();
+    let store = SqliteStore::open(&url, SqliteOptions::default())
+        .await
+        .unwrap();
+    let err = store.run("r").await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(w) if w.contains("exploded")),
+        "{err:?}"
+    );
+    let err = store
+        .list_runs(&flotilla_store::RunQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+}
