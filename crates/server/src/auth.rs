@@ -11,8 +11,8 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{Method, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flotilla_spec::{AuthConfig, AuthMode, JwtAlgorithm, RateLimit, RateLimitConfig, Role};
@@ -38,21 +38,6 @@ pub enum Group {
 }
 
 impl Group {
-    fn of(method: &Method, route: &str, protect_metrics: bool) -> Group {
-        match route {
-            "/health" | "/livez" | "/ready" | "/readyz" | "/version" | "/openapi.json" => {
-                Group::Open
-            }
-            "/metrics" if !protect_metrics => Group::Open,
-            "/metrics" => Group::Read,
-            "/api/v1/agents/register" => Group::Admin,
-            // Flag evaluation reads, though OFREP posts its context.
-            r if r.starts_with("/ofrep/") => Group::Read,
-            _ if method == Method::GET => Group::Read,
-            _ => Group::Operate,
-        }
-    }
-
     fn needs(self) -> Option<Role> {
         match self {
             Group::Open => None,
@@ -128,6 +113,11 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(limit: &RateLimit) -> DefaultKeyedRa
 }
 
 impl Auth {
+    /// Whether `/metrics` needs a viewer's credentials.
+    pub fn protect_metrics(&self) -> bool {
+        self.protect_metrics
+    }
+
     /// Builds the checker; errors name the setting at fault (never a secret).
     pub fn new(cfg: &AuthConfig, limits: &RateLimitConfig) -> Result<Auth, String> {
         let keys = cfg
@@ -354,9 +344,14 @@ fn token_problem(e: &jsonwebtoken::errors::Error) -> &'static str {
     }
 }
 
-/// The middleware: identifies the caller, checks the role the route needs, counts the rate.
-pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    match check(&state.auth, &mut req) {
+/// The middleware of one route group (declared with the routes, in `routes()`): identifies
+/// the caller, checks the role the group needs, counts the rate.
+pub async fn layer(
+    State((state, group)): State<(AppState, Group)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match check(&state.auth, group, &mut req) {
         Ok(()) => next.run(req).await,
         Err(e) => {
             if let ApiError::TooManyRequests { group, .. } = &e {
@@ -367,13 +362,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     }
 }
 
-fn check(auth: &Arc<Auth>, req: &mut Request) -> Result<(), ApiError> {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let group = Group::of(req.method(), &route, auth.protect_metrics);
+fn check(auth: &Arc<Auth>, group: Group, req: &mut Request) -> Result<(), ApiError> {
     let ip = req
         .extensions()
         .get::<ConnectInfo<crate::Peer>>()

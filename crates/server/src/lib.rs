@@ -105,30 +105,106 @@ impl AppState {
 
 /// Every route with its OpenAPI description: a handler is documented by the same call that
 /// routes it, so the two cannot drift apart.
-fn routes() -> OpenApiRouter<AppState> {
+/// Who may call a group of routes.
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    /// Always the same role group.
+    Fixed(auth::Group),
+    /// `/metrics`: open, or viewers only under `auth.protect_metrics`.
+    Metrics,
+}
+
+/// Routes that share their access and their time limit.
+struct RouteGroup {
+    access: Access,
+    /// Bounded by `server.request_timeout`; a stream lasts as long as what it follows.
+    bounded: bool,
+    routes: OpenApiRouter<AppState>,
+}
+
+/// Every route, declared with the access it needs and whether it is time-bounded.
+fn routes() -> Vec<RouteGroup> {
+    use auth::Group::{Admin, Open, Operate, Read};
     use routes::*;
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(utoipa_axum::routes!(tasks::execute))
-        .routes(utoipa_axum::routes!(tasks::batch))
-        .routes(utoipa_axum::routes!(tasks::status))
-        .routes(utoipa_axum::routes!(agents::list))
-        .routes(utoipa_axum::routes!(agents::register))
-        .routes(utoipa_axum::routes!(runs::workflows))
-        .routes(utoipa_axum::routes!(runs::start))
-        .routes(utoipa_axum::routes!(runs::list))
-        .routes(utoipa_axum::routes!(runs::get))
-        .routes(utoipa_axum::routes!(runs::cancel))
-        .routes(utoipa_axum::routes!(events::stream))
-        .routes(utoipa_axum::routes!(flags::list))
-        .routes(utoipa_axum::routes!(flags::ofrep_one))
-        .routes(utoipa_axum::routes!(flags::ofrep_bulk))
-        .routes(utoipa_axum::routes!(health::health))
-        .routes(utoipa_axum::routes!(health::livez))
-        .routes(utoipa_axum::routes!(health::ready))
-        .routes(utoipa_axum::routes!(health::readyz))
-        .routes(utoipa_axum::routes!(health::metrics))
-        .routes(utoipa_axum::routes!(meta::openapi))
-        .routes(utoipa_axum::routes!(meta::version))
+    use utoipa_axum::routes;
+    let group = |access, routes| RouteGroup {
+        access,
+        bounded: true,
+        routes,
+    };
+    vec![
+        group(
+            Access::Fixed(Open),
+            OpenApiRouter::new()
+                .routes(routes!(health::health))
+                .routes(routes!(health::livez))
+                .routes(routes!(health::ready))
+                .routes(routes!(health::readyz))
+                .routes(routes!(meta::openapi))
+                .routes(routes!(meta::version)),
+        ),
+        group(
+            Access::Metrics,
+            OpenApiRouter::new().routes(routes!(health::metrics)),
+        ),
+        group(
+            Access::Fixed(Read),
+            OpenApiRouter::new()
+                .routes(routes!(tasks::status))
+                .routes(routes!(agents::list))
+                .routes(routes!(runs::workflows))
+                .routes(routes!(runs::list))
+                .routes(routes!(runs::get))
+                .routes(routes!(flags::list))
+                // Flag evaluation reads, though OFREP posts its context.
+                .routes(routes!(flags::ofrep_one))
+                .routes(routes!(flags::ofrep_bulk)),
+        ),
+        RouteGroup {
+            access: Access::Fixed(Read),
+            bounded: false,
+            routes: OpenApiRouter::new().routes(routes!(events::stream)),
+        },
+        group(
+            Access::Fixed(Operate),
+            OpenApiRouter::new()
+                .routes(routes!(tasks::execute))
+                .routes(routes!(tasks::batch))
+                .routes(routes!(runs::start))
+                .routes(routes!(runs::cancel)),
+        ),
+        group(
+            Access::Fixed(Admin),
+            OpenApiRouter::new().routes(routes!(agents::register)),
+        ),
+    ]
+}
+
+/// Every route in one router; with `state`, each group behind its access check and, when
+/// bounded, its deadline.
+fn all_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
+    let all = OpenApiRouter::with_openapi(ApiDoc::openapi());
+    routes().into_iter().fold(all, |all, g| {
+        let Some(state) = state else {
+            return all.merge(g.routes);
+        };
+        let group = match g.access {
+            Access::Fixed(group) => group,
+            Access::Metrics if state.auth.protect_metrics() => auth::Group::Read,
+            Access::Metrics => auth::Group::Open,
+        };
+        let mut routes = g.routes.route_layer(axum::middleware::from_fn_with_state(
+            (state.clone(), group),
+            auth::layer,
+        ));
+        if g.bounded {
+            routes = routes.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                observe::deadline,
+            ));
+        }
+        all.merge(routes)
+    })
 }
 
 #[derive(utoipa::OpenApi)]
@@ -174,23 +250,15 @@ impl utoipa::Modify for Credentials {
 
 /// The OpenAPI document of the whole API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    all_routes(None).split_for_parts().1
 }
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let (api, _) = routes().split_for_parts();
+    let (api, _) = all_routes(Some(&state)).split_for_parts();
     let api = api
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::layer,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            observe::deadline,
-        ))
         .route_layer(axum::middleware::from_fn(observe::route_template));
     let mut app = api
         .layer(DefaultBodyLimit::max(state.body_limit as usize))

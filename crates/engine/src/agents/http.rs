@@ -149,14 +149,14 @@ impl Agent for HttpAgent {
             builder = builder.header(k, v);
         }
         let resp = builder.send().await.map_err(|e| {
-            AgentError::retryable(format!("calling {}: {}", ep.shown, super::error_text(&e)))
+            AgentError::retryable(format!("calling {}: {}", ep.shown, super::error_text(e)))
         })?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| {
             AgentError::retryable(format!(
                 "reading answer of {}: {}",
                 ep.shown,
-                super::error_text(&e)
+                super::error_text(e)
             ))
         })?;
         if !status.is_success() {

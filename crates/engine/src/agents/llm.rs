@@ -244,7 +244,7 @@ impl LlmAgent {
                     return Err(AgentError::retryable(format!(
                         "the {} stream broke: {}",
                         self.model,
-                        super::error_text(&e)
+                        super::error_text(e)
                     )));
                 }
             };
@@ -501,7 +501,7 @@ impl LlmAgent {
                 Refusal::Error(AgentError::retryable(format!(
                     "calling the {} provider: {}",
                     self.model,
-                    super::error_text(&e)
+                    super::error_text(e)
                 )))
             })?;
             let status = resp.status();
@@ -526,7 +526,7 @@ impl LlmAgent {
                     resp.json().await.map_err(|e| {
                         Refusal::Error(AgentError::retryable(format!(
                             "provider answered invalid JSON: {}",
-                            super::error_text(&e)
+                            super::error_text(e)
                         )))
                     })
                 };

@@ -163,10 +163,6 @@ pub fn build(
 
 /// A reqwest error without the URL it carries (URLs may hold credentials; callers name the
 /// endpoint themselves).
-fn error_text(e: &reqwest::Error) -> String {
-    let mut e = e.to_string();
-    if let Some(i) = e.find(" for url (") {
-        e.truncate(i);
-    }
-    e
+fn error_text(e: reqwest::Error) -> String {
+    e.without_url().to_string()
 }

@@ -69,8 +69,14 @@ impl Follow {
                 _ = self.shutdown.wait_for(|s| *s) => return None,
             };
             match next {
-                Ok(e) if e.run_id == self.run_id && e.seq > self.last_seq => {
+                Ok(e) if e.run_id == self.run_id && e.seq == self.last_seq + 1 => {
                     return Some(self.emit(&e));
+                }
+                Ok(e) if e.run_id == self.run_id && e.seq > self.last_seq => {
+                    // A gap: events went by while this subscriber caught up from the store,
+                    // which may not hold the newest yet (a step's start is written a moment
+                    // after it is announced). Fill it from the store, then go on.
+                    self.fill_gap(e).await?;
                 }
                 Ok(_) => {}
                 Err(BroadcastStreamRecvError::Lagged(missed)) => {
@@ -90,6 +96,26 @@ impl Follow {
                 }
             }
         }
+    }
+
+    /// Queues the stored events before `next`, then `next`: waits (bounded) for the store to
+    /// hold them all. Ends the stream when the store cannot be read.
+    async fn fill_gap(&mut self, next: EventRecord) -> Option<()> {
+        let mut delay = Duration::from_millis(5);
+        for _ in 0..40 {
+            let stored = self.engine.events(&self.run_id, self.last_seq).await.ok()?;
+            let have: Vec<EventRecord> = stored.into_iter().filter(|e| e.seq < next.seq).collect();
+            if have.len() as i64 == next.seq - self.last_seq - 1 {
+                self.backlog.extend(have);
+                self.backlog.push_back(next);
+                return Some(());
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+        // Not stored after ~15 s: say so rather than skip silently.
+        tracing::warn!(run_id = %self.run_id, after = self.last_seq, "events missing from the store; the stream ends");
+        None
     }
 
     fn emit(mut self, e: &EventRecord) -> (Result<Event, Infallible>, Follow) {

@@ -12,25 +12,18 @@ use std::time::Duration;
 
 use crate::error::ApiError;
 
-/// Parses `?wait=`: `500ms`, `30s`, `2m`, or a bare number of seconds.
+/// Parses `?wait=`: a duration such as `500ms`, `30s` or `2m` (humantime's syntax), or a
+/// bare number of seconds.
 pub fn parse_wait(text: &str) -> Result<Duration, ApiError> {
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = text.split_at(digits);
-    let invalid = || {
-        ApiError::bad_request(format!(
-            "invalid wait `{text}`: use a whole number with ms, s or m (`30s`)"
-        ))
+    let parsed = match text.parse::<u32>() {
+        Ok(secs) => Ok(Duration::from_secs(secs.into())),
+        Err(_) => humantime::parse_duration(text),
     };
-    if digits == 0 || digits > 9 {
-        return Err(invalid());
-    }
-    let n: u64 = number.parse().map_err(|_| invalid())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(invalid()),
-    }
+    parsed.map_err(|_| {
+        ApiError::bad_request(format!(
+            "invalid wait `{text}`: use a duration such as 500ms, 30s or 2m"
+        ))
+    })
 }
 
 /// RFC 3339 time of a unix-millisecond timestamp.
