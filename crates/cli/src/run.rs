@@ -80,7 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             let step = e.step_id.as_deref().unwrap_or("");
             eprintln!("  {:<22} {step}", e.kind);
-            if e.kind == "run_finished" {
+            if e.kind == flotilla_store::EventKind::RunFinished {
                 break;
             }
         }

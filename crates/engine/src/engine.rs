@@ -16,120 +16,16 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
+use crate::call::Fleet;
+use crate::call::gate::Gate;
+use crate::call::registry::{AgentStatus, Registration, RegistrationError, Registry};
 use crate::clock::now_ms;
-use crate::driver::{Control, Driver};
 use crate::error::{EngineError, Result};
-use crate::gate::Gate;
 use crate::metrics::Metrics;
-use crate::registry::{AgentStatus, Registration, RegistrationError, Registry};
-use crate::scheduler::{self, Dag, RunState};
-
-/// A workflow ready to run: its definition, graph and input validator.
-pub(crate) struct Compiled {
-    pub name: String,
-    pub workflow: Workflow,
-    pub hash: String,
-    pub json: String,
-    pub dag: Dag,
-    schema: Option<jsonschema::Validator>,
-}
-
-impl Compiled {
-    pub(crate) fn new(name: &str, workflow: Workflow) -> Result<Arc<Compiled>> {
-        let schema = match &workflow.input_schema {
-            Some(s) => Some(
-                jsonschema::validator_for(s)
-                    .map_err(|e| EngineError::Definition(name.to_owned(), e.to_string()))?,
-            ),
-            None => None,
-        };
-        // One serialization gives both the stored snapshot and its hash.
-        let (json, hash) = workflow.snapshot();
-        Ok(Arc::new(Compiled {
-            name: name.to_owned(),
-            hash,
-            dag: Dag::new(&workflow),
-            json,
-            workflow,
-            schema,
-        }))
-    }
-}
-
-/// How a run ended, for those waiting on it in this process.
-#[derive(Debug, Clone)]
-pub struct RunOutcome {
-    /// Final status.
-    pub status: RunStatus,
-    /// Output, when succeeded.
-    pub output: Option<Value>,
-    /// Error kind of the failing call (`agent_error`, `timeout`, `unavailable`), when failed.
-    pub error_kind: Option<&'static str>,
-    /// Error message, when not succeeded.
-    pub error: Option<String>,
-    /// The agent that served the last call.
-    pub agent: Option<String>,
-}
-
-pub(crate) struct RunHandle {
-    pub control: mpsc::UnboundedSender<Control>,
-    pub done: watch::Receiver<Option<Arc<RunOutcome>>>,
-    pub task: Option<AbortHandle>,
-    /// The epoch of the claim its driver holds the run under.
-    pub epoch: i64,
-}
-
-/// State shared by the engine and its run drivers.
-pub(crate) struct Shared {
-    pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
-    pub metrics: Arc<Metrics>,
-    pub registry: Registry,
-    pub gate: Arc<Gate>,
-    pub workflows: HashMap<String, Arc<Compiled>>,
-    pub definitions: Mutex<HashMap<String, Arc<Compiled>>>,
-    pub runs: Mutex<HashMap<String, RunHandle>>,
-    pub events: broadcast::Sender<EventRecord>,
-    pub accepting: AtomicBool,
-    pub idle: tokio::sync::Notify,
-    /// This process's name in run leases.
-    pub replica: String,
-    /// Results of calls marked `cache:`.
-    pub cache: crate::cache::ResultCache,
-    /// Finished runs go to MLflow, when configured.
-    pub tracker: Option<crate::mlflow::Tracker>,
-    /// The live feature flags.
-    pub flags: flotilla_flags::Flags,
-    /// Stops the flag file watcher.
-    pub stop_flags: watch::Sender<bool>,
-    /// Definition hashes this process has stored.
-    pub stored_definitions: Mutex<HashSet<String>>,
-    /// Compiled one-step workflows of `/execute`, by task shape.
-    pub task_definitions: Mutex<HashMap<String, Arc<Compiled>>>,
-}
-
-impl Shared {
-    pub(crate) fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunHandle>> {
-        self.runs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Drops the handle of a run whose driver stopped under `epoch` (a newer driver of the
-    /// same run, after a re-claim, keeps its own).
-    pub(crate) fn forget(&self, run_id: &str, epoch: i64) {
-        let mut runs = self.runs();
-        if runs.get(run_id).is_some_and(|h| h.epoch == epoch) {
-            runs.remove(run_id);
-        }
-        drop(runs);
-        self.idle.notify_waiters();
-    }
-
-    pub(crate) fn stored_definitions(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.stored_definitions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-}
+use crate::run::driver::Driver;
+use crate::run::machine::Machine;
+use crate::run::{Compiled, RunOutcome};
+use crate::shared::{Control, RunHandle, Shared};
 
 /// A request to start a workflow run.
 #[derive(Debug, Clone, Default)]
@@ -233,7 +129,7 @@ impl Engine {
             workflows.insert(name.clone(), c);
         }
         let (events, _) = broadcast::channel(4096);
-        let cache = crate::cache::ResultCache::new(
+        let cache = crate::call::cache::ResultCache::new(
             config.cache.max_entries,
             config.cache.url.as_deref(),
             &metrics,
@@ -285,11 +181,16 @@ impl Engine {
             stop_flags,
             stored_definitions: Mutex::new(HashSet::new()),
             task_definitions: Mutex::new(HashMap::new()),
-            registry: Registry::new(&config, client, metrics.clone()),
-            gate: Gate::new(
-                config.engine.max_concurrency as usize,
-                metrics.queue_length.clone(),
-            ),
+            fleet: Fleet {
+                registry: Registry::new(&config, client, metrics.clone()),
+                gate: Gate::new(
+                    config.engine.max_concurrency as usize,
+                    metrics.queue_length.clone(),
+                ),
+                cache,
+                metrics: metrics.clone(),
+                default_timeout: config.engine.default_timeout.0,
+            },
             config,
             store,
             metrics,
@@ -300,7 +201,6 @@ impl Engine {
             accepting: AtomicBool::new(true),
             idle: tokio::sync::Notify::new(),
             replica: config_replica,
-            cache,
         });
         let engine = Engine {
             shared,
@@ -330,7 +230,7 @@ impl Engine {
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
-                shared.registry.probe().await;
+                shared.fleet.registry.probe().await;
             }
         });
         *self.prober.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
@@ -364,15 +264,6 @@ impl Engine {
             let compiled = self
                 .definition(&record.definition_hash, &record.workflow)
                 .await?;
-            let dag = &compiled.dag;
-            let pos = |id: &str| dag.ids.iter().position(|s| s == id);
-            let state = scheduler::restore(
-                dag,
-                record
-                    .steps
-                    .iter()
-                    .filter_map(|s| pos(&s.step_id).map(|i| (i, s.status, s.attempts))),
-            );
             let seq = shared
                 .store
                 .events(&record.id, 0)
@@ -380,20 +271,8 @@ impl Engine {
                 .last()
                 .map_or(0, |e| e.seq);
             let priority = Priority::parse(&record.priority).unwrap_or_default();
-            let mut driver = Driver::new(
-                shared.clone(),
-                compiled.clone(),
-                &record,
-                priority,
-                state,
-                seq,
-                epoch,
-            );
-            for s in &record.steps {
-                if let Some(i) = pos(&s.step_id) {
-                    driver.restore_step(i, s);
-                }
-            }
+            let machine = Machine::resume(compiled, &record, seq, epoch);
+            let driver = Driver::new(shared.clone(), machine, &record, priority);
             let _ = self.spawn(record.id.clone(), driver);
             adopted += 1;
         }
@@ -643,16 +522,8 @@ impl Engine {
                 self.shared
                     .stored_definitions()
                     .insert(compiled.hash.clone());
-                let state = RunState::new(compiled.dag.len());
-                let driver = Driver::new(
-                    self.shared.clone(),
-                    compiled,
-                    &record,
-                    priority,
-                    state,
-                    0,
-                    0,
-                );
+                let machine = Machine::new(compiled, &record, 0);
+                let driver = Driver::new(self.shared.clone(), machine, &record, priority);
                 let done = self.spawn(id.clone(), driver);
                 Ok(Submitted {
                     run_id: id,
@@ -766,23 +637,23 @@ impl Engine {
 
     /// Agents and their health.
     pub fn agents(&self) -> Vec<AgentStatus> {
-        self.shared.registry.statuses()
+        self.shared.fleet.registry.statuses()
     }
 
     /// How long an open circuit still refuses calls to this agent (or, for a capability,
     /// to every agent offering it).
     pub fn retry_in(&self, agent: Option<&str>, capability: Option<&str>) -> Option<Duration> {
-        self.shared.registry.retry_in(agent, capability)
+        self.shared.fleet.registry.retry_in(agent, capability)
     }
 
     /// Whether every agent is healthy.
     pub fn agents_healthy(&self) -> bool {
-        self.shared.registry.all_healthy()
+        self.shared.fleet.registry.all_healthy()
     }
 
     /// Registers (or refreshes) a remote agent.
     pub fn register_agent(&self, reg: Registration) -> Result<AgentStatus, RegistrationError> {
-        self.shared.registry.register(reg)
+        self.shared.fleet.registry.register(reg)
     }
 
     /// Names of the configured workflows.

@@ -49,3 +49,38 @@ pub enum EngineError {
 
 /// Result alias of this crate.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Why a run or task did not succeed, for callers that answer differently by cause (the
+/// API's 502, 503 and 504).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The agent answered with an error or an unusable answer.
+    AgentError,
+    /// An attempt, or the run, ran out of time.
+    Timeout,
+    /// No agent could take the call (circuit open, nothing healthy, unknown).
+    Unavailable,
+    /// A step's `when:` could not be evaluated.
+    Condition,
+    /// A user cancelled the run.
+    Cancelled,
+}
+
+impl ErrorKind {
+    /// The name in logs and spans: `agent_error`, `timeout`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::AgentError => "agent_error",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Condition => "condition",
+            ErrorKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -20,27 +20,21 @@
 //! # Ok(()) }
 //! ```
 
-pub mod agents;
-pub mod backoff;
-pub mod breaker;
-pub(crate) mod budget;
-pub mod cache;
-mod call;
+pub(crate) mod call;
 mod clock;
-mod context;
-mod driver;
 mod engine;
 mod error;
-pub mod gate;
 pub mod metrics;
 pub mod mlflow;
-pub mod registry;
-pub mod scheduler;
+mod run;
+mod shared;
 mod task;
 pub mod trace;
 
+pub use call::registry::{AgentStatus, Registration, RegistrationError};
 pub use clock::now_ms;
-pub use engine::{Engine, Idempotency, RunOutcome, Submission, Submitted};
-pub use error::{EngineError, Result};
-pub use registry::{AgentStatus, Registration, RegistrationError};
+pub use engine::{Engine, Idempotency, Submission, Submitted};
+pub use error::{EngineError, ErrorKind, Result};
+pub use run::RunOutcome;
+pub use run::scheduler;
 pub use task::{TaskRequest, TaskResult};

@@ -7,8 +7,9 @@ use flotilla_spec::{Priority, Step, Workflow};
 use flotilla_store::{RunKind, RunStatus};
 use serde_json::Value;
 
-use crate::engine::{Compiled, Engine, RunOutcome, Submission};
+use crate::engine::{Engine, Submission};
 use crate::error::{EngineError, Result};
+use crate::run::{Compiled, RunOutcome};
 
 /// A one-step task (`POST /api/v1/execute`).
 #[derive(Debug, Clone, Default)]
@@ -90,10 +91,10 @@ impl Engine {
                     "give `agent` or `capability`".into(),
                 ));
             }
-            (Some(a), None) if self.shared.registry.get(a).is_none() => {
+            (Some(a), None) if self.shared.fleet.registry.get(a).is_none() => {
                 return Err(EngineError::UnknownAgent(a.clone()));
             }
-            (None, Some(c)) if !self.shared.registry.offers(c) => {
+            (None, Some(c)) if !self.shared.fleet.registry.offers(c) => {
                 return Err(EngineError::UnknownCapability(c.clone()));
             }
             _ => {}
@@ -139,7 +140,7 @@ impl Engine {
             .unwrap_or(RunOutcome {
                 status: RunStatus::Running,
                 output: None,
-                error_kind: Some("timeout"),
+                error_kind: Some(crate::error::ErrorKind::Timeout),
                 error: Some(format!("task did not finish within {timeout:?}")),
                 agent: None,
             });

@@ -69,6 +69,32 @@ impl RunStatus {
 }
 
 status_enum! {
+    /// What an event of a run says happened.
+    EventKind {
+        /// The run started (or resumed after a restart).
+        RunStarted => "run_started",
+        /// An attempt of a step started.
+        StepStarted => "step_started",
+        /// An attempt failed and another follows after a backoff.
+        StepRetrying => "step_retrying",
+        /// A step succeeded.
+        StepSucceeded => "step_succeeded",
+        /// A step failed for good.
+        StepFailed => "step_failed",
+        /// A step's `when:` was false.
+        StepSkipped => "step_skipped",
+        /// A succeeded step is being undone.
+        CompensationStarted => "compensation_started",
+        /// A step was undone.
+        StepCompensated => "step_compensated",
+        /// Undoing a step failed.
+        CompensationFailed => "compensation_failed",
+        /// The run ended; the last event of a run.
+        RunFinished => "run_finished",
+    }
+}
+
+status_enum! {
     /// Where a step is.
     StepStatus {
         /// Waiting for its needs.
@@ -256,8 +282,8 @@ pub struct EventRecord {
     pub seq: i64,
     /// Unix milliseconds.
     pub at: i64,
-    /// `run_started`, `step_succeeded`, …
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// The step, for step events.
     pub step_id: Option<String>,
     /// Details.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use flotilla_store::EventRecord;
+use flotilla_store::{EventKind, EventRecord};
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -36,7 +36,7 @@ pub struct SseEvent {
 
 fn to_sse(e: &EventRecord) -> Event {
     Event::default()
-        .event(e.kind.clone())
+        .event(e.kind.as_str())
         .id(e.seq.to_string())
         .json_data(e)
         .unwrap_or_else(|_| Event::default().comment("unserializable event"))
@@ -120,7 +120,7 @@ impl Follow {
 
     fn emit(mut self, e: &EventRecord) -> (Result<Event, Infallible>, Follow) {
         self.last_seq = e.seq;
-        if e.kind == "run_finished" {
+        if e.kind == EventKind::RunFinished {
             self.done = true;
             self.backlog.clear();
         }
@@ -160,7 +160,8 @@ pub async fn stream(
     let last_seq = stored.last().map_or(after, |e| e.seq);
     // The store holds every event of a run it shows as finished (the last one is committed
     // with the status): replay them and end, wherever `Last-Event-ID` pointed.
-    let finished = run.status.is_terminal() || stored.iter().any(|e| e.kind == "run_finished");
+    let finished =
+        run.status.is_terminal() || stored.iter().any(|e| e.kind == EventKind::RunFinished);
     let replay = stream::iter(stored.iter().map(|e| Ok(to_sse(e))).collect::<Vec<_>>());
     let follow = stream::unfold(
         Follow {

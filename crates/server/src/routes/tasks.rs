@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use flotilla_engine::metrics::StatusLabels;
-use flotilla_engine::{TaskRequest, TaskResult};
+use flotilla_engine::{ErrorKind, TaskRequest, TaskResult};
 use flotilla_spec::Priority;
 use flotilla_store::{RunKind, RunStatus};
 use serde::{Deserialize, Serialize};
@@ -143,8 +143,8 @@ fn settle(
             timestamp: rfc3339(flotilla_engine::now_ms()),
         }),
         _ => Err(match o.error_kind {
-            Some("timeout") => ApiError::Timeout(message()),
-            Some("unavailable") => ApiError::Unavailable {
+            Some(ErrorKind::Timeout) => ApiError::Timeout(message()),
+            Some(ErrorKind::Unavailable) => ApiError::Unavailable {
                 kind: "unavailable",
                 message: message(),
                 retry_after: retry_in().map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64),

@@ -6,7 +6,8 @@ use sqlx::postgres::{PgPool, PgRow};
 
 use crate::Result;
 use crate::record::{
-    EventRecord, RunKind, RunQuery, RunRecord, RunStatus, RunSummary, StepRecord, StepStatus,
+    EventKind, EventRecord, RunKind, RunQuery, RunRecord, RunStatus, RunSummary, StepRecord,
+    StepStatus,
 };
 use crate::record::{parse_json as json, parse_usage};
 
@@ -149,7 +150,7 @@ pub(super) async fn events(pool: &PgPool, run_id: &str, after: i64) -> Result<Ve
                 run_id: run_id.to_owned(),
                 seq: r.try_get("seq")?,
                 at: r.try_get("at")?,
-                kind: r.try_get("kind")?,
+                kind: EventKind::stored(&r.try_get::<String, _>("kind")?)?,
                 step_id: r.try_get("step_id")?,
                 data: json(r.try_get("data")?)?.unwrap_or(Value::Null),
             })

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::Result;
 use crate::record::{
-    EventRecord, RunQuery, RunRecord, RunStatus, RunSummary, StepRecord, StepStatus,
+    EventKind, EventRecord, RunQuery, RunRecord, RunStatus, RunSummary, StepRecord, StepStatus,
 };
 use crate::record::{parse_json as json, parse_usage};
 
@@ -172,7 +172,7 @@ pub(crate) fn events(conn: &Connection, run_id: &str, after: i64) -> Result<Vec<
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
+                r.get::<_, EventKind>(2)?,
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, String>(4)?,
             ))

@@ -268,7 +268,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, writes: &[Write]) -> Result<()> {
                 tx.prepare_cached(
                     "INSERT OR IGNORE INTO events (run_id, seq, at, kind, step_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
-                .execute(params![ev.run_id, ev.seq, ev.at, ev.kind, ev.step_id, ev.data.to_string()])?;
+                .execute(params![ev.run_id, ev.seq, ev.at, ev.kind.as_str(), ev.step_id, ev.data.to_string()])?;
             }
             // One process owns the database (its lock file says so): nobody to fence off.
             Write::Fence { .. } => {}

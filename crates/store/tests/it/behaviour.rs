@@ -93,7 +93,7 @@ pub async fn transitions_and_recovery_view(store: &dyn Store) {
                 run_id: "r1".into(),
                 seq: 1,
                 at: 5,
-                kind: "step_succeeded".into(),
+                kind: EventKind::StepSucceeded,
                 step_id: Some("a".into()),
                 data: json!({}),
             }),

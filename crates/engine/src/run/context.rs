@@ -4,7 +4,7 @@
 use flotilla_spec::template;
 use serde_json::{Map, Value, json};
 
-use crate::engine::Compiled;
+use crate::run::Compiled;
 
 pub(crate) fn context_value(
     compiled: &Compiled,

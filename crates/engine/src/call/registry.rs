@@ -15,9 +15,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::agents::{self, Agent, AgentError, AgentRequest, AgentResponse, HttpAgent};
-use crate::breaker::{Breaker, CircuitState, Transition};
-use crate::gate::Gate;
+use crate::call::agents::{self, Agent, AgentError, AgentRequest, AgentResponse, HttpAgent};
+use crate::call::breaker::{Breaker, CircuitState, Transition};
+use crate::call::gate::Gate;
 use crate::metrics::{AgentIdLabels, AgentLabels, AgentStatusLabels, Metrics};
 
 /// An agent's series in the metrics catalogue, looked up once rather than per call.

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 
 use flotilla_spec::Budget;
 
-use crate::agents::{AgentError, AgentRequest, Usage};
+use crate::call::agents::{AgentError, AgentRequest, Usage};
+use crate::call::registry::AgentEntry;
 use crate::metrics::Metrics;
-use crate::registry::AgentEntry;
 
 /// What a run has spent on LLM calls, and its budget: checked before each call.
 pub(crate) struct Spend {

@@ -12,6 +12,7 @@ use flotilla_spec::{AgentConfig, AgentKind, Config};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::error::ErrorKind;
 use crate::metrics::Metrics;
 
 pub use http::HttpAgent;
@@ -107,12 +108,12 @@ impl AgentError {
             AgentError::Timeout(_) | AgentError::Unavailable(_) => true,
         }
     }
-    /// `agent_error`, `timeout` or `unavailable`.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of failure it is.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            AgentError::Failed { .. } => "agent_error",
-            AgentError::Timeout(_) => "timeout",
-            AgentError::Unavailable(_) => "unavailable",
+            AgentError::Failed { .. } => ErrorKind::AgentError,
+            AgentError::Timeout(_) => ErrorKind::Timeout,
+            AgentError::Unavailable(_) => ErrorKind::Unavailable,
         }
     }
 }

@@ -1,0 +1,79 @@
+//! State shared by the engine and its run drivers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use flotilla_spec::Config;
+use flotilla_store::{EventRecord, Store};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::call::Fleet;
+use crate::metrics::Metrics;
+use crate::run::{Compiled, RunOutcome};
+
+/// Messages from the engine to a run.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Cancel,
+}
+
+/// A run executing in this process.
+pub(crate) struct RunHandle {
+    pub control: mpsc::UnboundedSender<Control>,
+    pub done: watch::Receiver<Option<Arc<RunOutcome>>>,
+    pub task: Option<AbortHandle>,
+    /// The epoch of the claim its driver holds the run under.
+    pub epoch: i64,
+}
+
+/// State shared by the engine and its run drivers.
+pub(crate) struct Shared {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    /// The agents, and what every call to them goes through.
+    pub fleet: Fleet,
+    pub workflows: HashMap<String, Arc<Compiled>>,
+    pub definitions: Mutex<HashMap<String, Arc<Compiled>>>,
+    pub runs: Mutex<HashMap<String, RunHandle>>,
+    pub events: broadcast::Sender<EventRecord>,
+    pub accepting: AtomicBool,
+    pub idle: tokio::sync::Notify,
+    /// This process's name in run leases.
+    pub replica: String,
+    /// Finished runs go to MLflow, when configured.
+    pub tracker: Option<crate::mlflow::Tracker>,
+    /// The live feature flags.
+    pub flags: flotilla_flags::Flags,
+    /// Stops the flag file watcher.
+    pub stop_flags: watch::Sender<bool>,
+    /// Definition hashes this process has stored.
+    pub stored_definitions: Mutex<HashSet<String>>,
+    /// Compiled one-step workflows of `/execute`, by task shape.
+    pub task_definitions: Mutex<HashMap<String, Arc<Compiled>>>,
+}
+
+impl Shared {
+    pub(crate) fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunHandle>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the handle of a run whose driver stopped under `epoch` (a newer driver of the
+    /// same run, after a re-claim, keeps its own).
+    pub(crate) fn forget(&self, run_id: &str, epoch: i64) {
+        let mut runs = self.runs();
+        if runs.get(run_id).is_some_and(|h| h.epoch == epoch) {
+            runs.remove(run_id);
+        }
+        drop(runs);
+        self.idle.notify_waiters();
+    }
+
+    pub(crate) fn stored_definitions(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.stored_definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
