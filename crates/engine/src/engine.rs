@@ -22,10 +22,11 @@ use crate::call::registry::{AgentStatus, Registration, RegistrationError, Regist
 use crate::clock::now_ms;
 use crate::error::{EngineError, Result};
 use crate::metrics::Metrics;
+use crate::run::Control;
 use crate::run::driver::Driver;
 use crate::run::machine::Machine;
-use crate::run::{Compiled, RunOutcome};
-use crate::shared::{Control, RunHandle, Shared};
+use crate::run::{Compiled, Env, RunOutcome};
+use crate::shared::{RunHandle, Shared};
 
 /// A request to start a workflow run.
 #[derive(Debug, Clone, Default)]
@@ -175,12 +176,9 @@ impl Engine {
                 metrics.clone(),
             )
         });
-        let shared = Arc::new(Shared {
+        let env = Arc::new(Env {
             tracker,
             flags,
-            stop_flags,
-            stored_definitions: Mutex::new(HashSet::new()),
-            task_definitions: Mutex::new(HashMap::new()),
             fleet: Fleet {
                 registry: Registry::new(&config, client, metrics.clone()),
                 gate: Gate::new(
@@ -191,13 +189,19 @@ impl Engine {
                 metrics: metrics.clone(),
                 default_timeout: config.engine.default_timeout.0,
             },
-            config,
             store,
             metrics,
+            events,
+        });
+        let shared = Arc::new(Shared {
+            env,
+            stop_flags,
+            stored_definitions: Mutex::new(HashSet::new()),
+            task_definitions: Mutex::new(HashMap::new()),
+            config,
             workflows,
             definitions: Mutex::new(definitions),
             runs: Mutex::new(HashMap::new()),
-            events,
             accepting: AtomicBool::new(true),
             idle: tokio::sync::Notify::new(),
             replica: config_replica,
@@ -230,7 +234,7 @@ impl Engine {
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
-                shared.fleet.registry.probe().await;
+                shared.env.fleet.registry.probe().await;
             }
         });
         *self.prober.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
@@ -248,6 +252,7 @@ impl Engine {
         let now = now_ms();
         let lease_until = now + shared.config.engine.lease.0.as_millis() as i64;
         let runs = shared
+            .env
             .store
             .claim_runs(&shared.replica, now, lease_until, room as u32)
             .await?;
@@ -265,6 +270,7 @@ impl Engine {
                 .definition(&record.definition_hash, &record.workflow)
                 .await?;
             let seq = shared
+                .env
                 .store
                 .events(&record.id, 0)
                 .await?
@@ -272,7 +278,7 @@ impl Engine {
                 .map_or(0, |e| e.seq);
             let priority = Priority::parse(&record.priority).unwrap_or_default();
             let machine = Machine::resume(compiled, &record, seq, epoch);
-            let driver = Driver::new(shared.clone(), machine, &record, priority);
+            let driver = Driver::new(shared.env.clone(), machine, &record, priority);
             let _ = self.spawn(record.id.clone(), driver);
             adopted += 1;
         }
@@ -285,7 +291,7 @@ impl Engine {
     /// On a shared store: renews the leases of the runs executing here (stopping those another
     /// replica took over) and claims runs nobody holds, every `engine.claim_interval`.
     fn start_leases(&self) {
-        if !self.shared.store.is_shared() {
+        if !self.shared.env.store.is_shared() {
             return;
         }
         let engine = Engine {
@@ -307,7 +313,7 @@ impl Engine {
                 // Released runs are announced by the store; otherwise poll.
                 tokio::select! {
                     _ = tick.tick() => {}
-                    () = engine.shared.store.work_available() => {}
+                    () = engine.shared.env.store.work_available() => {}
                 }
                 if let Err(e) = engine.renew().await {
                     tracing::warn!(error = %e, "renewing run leases failed");
@@ -330,6 +336,7 @@ impl Engine {
         }
         let lease_until = now_ms() + shared.config.engine.lease.0.as_millis() as i64;
         let kept: std::collections::HashSet<String> = shared
+            .env
             .store
             .renew_leases(&shared.replica, &held, lease_until)
             .await?
@@ -358,6 +365,7 @@ impl Engine {
         }
         let json = self
             .shared
+            .env
             .store
             .definition(hash)
             .await?
@@ -395,7 +403,15 @@ impl Engine {
             "flotilla.run.status" = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let task = tokio::spawn(driver.run(control_rx, done_tx).instrument(span));
+        let shared = self.shared.clone();
+        let (id, epoch) = (run_id.clone(), driver.epoch());
+        let task = tokio::spawn(
+            async move {
+                driver.run(control_rx, done_tx).await;
+                shared.forget(&id, epoch);
+            }
+            .instrument(span),
+        );
         if let Some(h) = runs.get_mut(&run_id) {
             h.task = Some(task.abort_handle());
         }
@@ -495,9 +511,9 @@ impl Engine {
             steps: Vec::new(),
             usage: Default::default(),
         };
-        match self.shared.store.create_run(new).await? {
+        match self.shared.env.store.create_run(new).await? {
             CreateOutcome::Existing(existing) => {
-                let Some(first) = self.shared.store.run(&existing).await? else {
+                let Some(first) = self.shared.env.store.run(&existing).await? else {
                     return Err(EngineError::RunNotFound(existing));
                 };
                 // The IETF Idempotency-Key draft's answers: another body is a misuse of the
@@ -523,7 +539,7 @@ impl Engine {
                     .stored_definitions()
                     .insert(compiled.hash.clone());
                 let machine = Machine::new(compiled, &record, 0);
-                let driver = Driver::new(self.shared.clone(), machine, &record, priority);
+                let driver = Driver::new(self.shared.env.clone(), machine, &record, priority);
                 let done = self.spawn(id.clone(), driver);
                 Ok(Submitted {
                     run_id: id,
@@ -570,7 +586,7 @@ impl Engine {
                     .await?
                     .ok_or_else(|| EngineError::RunNotFound(run_id.to_owned()))
             }
-            None => match self.shared.store.run(run_id).await? {
+            None => match self.shared.env.store.run(run_id).await? {
                 None => Err(EngineError::RunNotFound(run_id.to_owned())),
                 Some(r) => Err(EngineError::AlreadyFinished(
                     run_id.to_owned(),
@@ -582,7 +598,7 @@ impl Engine {
 
     /// A run with every step of its pinned definition.
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
-        match self.shared.store.run(run_id).await? {
+        match self.shared.env.store.run(run_id).await? {
             Some(r) => Ok(Some(self.view(r).await?)),
             None => Ok(None),
         }
@@ -590,7 +606,7 @@ impl Engine {
 
     /// Run summaries, newest first.
     pub async fn list(&self, query: &RunQuery) -> Result<Vec<flotilla_store::RunSummary>> {
-        Ok(self.shared.store.list_runs(query).await?)
+        Ok(self.shared.env.store.list_runs(query).await?)
     }
 
     /// Completes a stored run with every step of its pinned definition, in declaration
@@ -622,12 +638,12 @@ impl Engine {
 
     /// Stored events of a run after `after_seq`.
     pub async fn events(&self, run_id: &str, after_seq: i64) -> Result<Vec<EventRecord>> {
-        Ok(self.shared.store.events(run_id, after_seq).await?)
+        Ok(self.shared.env.store.events(run_id, after_seq).await?)
     }
 
     /// Live events of every run, published after they are recorded.
     pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
-        self.shared.events.subscribe()
+        self.shared.env.events.subscribe()
     }
 
     /// Whether a run is executing in this process.
@@ -637,23 +653,23 @@ impl Engine {
 
     /// Agents and their health.
     pub fn agents(&self) -> Vec<AgentStatus> {
-        self.shared.fleet.registry.statuses()
+        self.shared.env.fleet.registry.statuses()
     }
 
     /// How long an open circuit still refuses calls to this agent (or, for a capability,
     /// to every agent offering it).
     pub fn retry_in(&self, agent: Option<&str>, capability: Option<&str>) -> Option<Duration> {
-        self.shared.fleet.registry.retry_in(agent, capability)
+        self.shared.env.fleet.registry.retry_in(agent, capability)
     }
 
     /// Whether every agent is healthy.
     pub fn agents_healthy(&self) -> bool {
-        self.shared.fleet.registry.all_healthy()
+        self.shared.env.fleet.registry.all_healthy()
     }
 
     /// Registers (or refreshes) a remote agent.
     pub fn register_agent(&self, reg: Registration) -> Result<AgentStatus, RegistrationError> {
-        self.shared.fleet.registry.register(reg)
+        self.shared.env.fleet.registry.register(reg)
     }
 
     /// Names of the configured workflows.
@@ -670,17 +686,17 @@ impl Engine {
 
     /// The metrics catalogue.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.shared.metrics
+        &self.shared.env.metrics
     }
 
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.shared.store
+        &self.shared.env.store
     }
 
     /// The live feature flags.
     pub fn flags(&self) -> &flotilla_flags::Flags {
-        &self.shared.flags
+        &self.shared.env.flags
     }
 
     /// Stops accepting work, lets runs finish for up to `grace`, then stops the rest where
@@ -719,11 +735,16 @@ impl Engine {
         if let Some(l) = self.leases.lock().unwrap_or_else(|e| e.into_inner()).take() {
             l.abort();
         }
-        if let Some(tracker) = &self.shared.tracker {
+        if let Some(tracker) = &self.shared.env.tracker {
             tracker.shutdown(Duration::from_secs(5)).await;
         }
-        if self.shared.store.is_shared()
-            && let Err(e) = self.shared.store.release_leases(&self.shared.replica).await
+        if self.shared.env.store.is_shared()
+            && let Err(e) = self
+                .shared
+                .env
+                .store
+                .release_leases(&self.shared.replica)
+                .await
         {
             tracing::warn!(error = %e, "releasing run leases failed; other replicas take them when they lapse");
         }

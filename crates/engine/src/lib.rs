@@ -1,12 +1,15 @@
 //! flotilla-engine: runs workflows.
 //!
-//! - [`scheduler`] is pure: `decide(state, event) -> actions`, property-tested.
-//! - The driver (one task per run) feeds it events and carries out its actions: a step's
-//!   success is committed before anything that depends on it starts; every other record is
-//!   queued behind it, so one group commit in the store covers many transitions.
-//! - [`agents`] holds one runtime per agent kind (builtin, http, command, llm); calls run
-//!   under a global and a per-agent priority [`gate`], a per-agent [`breaker`], and an
-//!   attempt timeout; failures retry with [`backoff`].
+//! - `run/`: a run is one pure state machine (`run::machine`: inputs in, typed effects
+//!   out) around the pure [`scheduler`] (which step may run; property-tested), and a thin
+//!   driver per run that carries the effects out: a step's success is committed before
+//!   anything that depends on it starts; every other record rides along with the next
+//!   commit, so one group commit in the store covers many transitions. Every batch carries
+//!   the run's lease epoch, and a stale one is refused.
+//! - `call/`: the one path of an agent call, knowing nothing of runs: the registry and the
+//!   four agent kinds (builtin, http, command, llm), a global and a per-agent priority
+//!   gate, a per-agent circuit breaker, the result cache and budgets; everything a call
+//!   takes is given back by a guard when it is dropped mid-await.
 //! - [`metrics`] is the catalogue every component reports to.
 //!
 //! ```no_run

@@ -1,23 +1,14 @@
-//! State shared by the engine and its run drivers.
+//! The engine's state, shared by its handles and background tasks.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use flotilla_spec::Config;
-use flotilla_store::{EventRecord, Store};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use crate::call::Fleet;
-use crate::metrics::Metrics;
-use crate::run::{Compiled, RunOutcome};
-
-/// Messages from the engine to a run.
-#[derive(Debug)]
-pub(crate) enum Control {
-    Cancel,
-}
+use crate::run::{Compiled, Control, Env, RunOutcome};
 
 /// A run executing in this process.
 pub(crate) struct RunHandle {
@@ -28,25 +19,18 @@ pub(crate) struct RunHandle {
     pub epoch: i64,
 }
 
-/// State shared by the engine and its run drivers.
+/// The engine's state: what its drivers use ([`Env`]), and the runs executing here.
 pub(crate) struct Shared {
     pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
-    pub metrics: Arc<Metrics>,
-    /// The agents, and what every call to them goes through.
-    pub fleet: Fleet,
+    /// The store, the fleet, events, flags, metrics: what run drivers use.
+    pub env: Arc<Env>,
     pub workflows: HashMap<String, Arc<Compiled>>,
     pub definitions: Mutex<HashMap<String, Arc<Compiled>>>,
     pub runs: Mutex<HashMap<String, RunHandle>>,
-    pub events: broadcast::Sender<EventRecord>,
     pub accepting: AtomicBool,
     pub idle: tokio::sync::Notify,
     /// This process's name in run leases.
     pub replica: String,
-    /// Finished runs go to MLflow, when configured.
-    pub tracker: Option<crate::mlflow::Tracker>,
-    /// The live feature flags.
-    pub flags: flotilla_flags::Flags,
     /// Stops the flag file watcher.
     pub stop_flags: watch::Sender<bool>,
     /// Definition hashes this process has stored.

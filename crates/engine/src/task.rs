@@ -91,10 +91,10 @@ impl Engine {
                     "give `agent` or `capability`".into(),
                 ));
             }
-            (Some(a), None) if self.shared.fleet.registry.get(a).is_none() => {
+            (Some(a), None) if self.shared.env.fleet.registry.get(a).is_none() => {
                 return Err(EngineError::UnknownAgent(a.clone()));
             }
-            (None, Some(c)) if !self.shared.fleet.registry.offers(c) => {
+            (None, Some(c)) if !self.shared.env.fleet.registry.offers(c) => {
                 return Err(EngineError::UnknownCapability(c.clone()));
             }
             _ => {}

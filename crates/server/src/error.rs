@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use flotilla_engine::{EngineError, RegistrationError};
 use serde::Serialize;
 
-use crate::observe::current_request_id;
+use crate::request_id::current_request_id;
 
 /// The body of every error answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

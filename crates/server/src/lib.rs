@@ -22,6 +22,7 @@ mod conn;
 mod error;
 mod extract;
 mod observe;
+mod request_id;
 pub mod routes;
 pub mod tls;
 

@@ -15,18 +15,10 @@ use axum::response::IntoResponse;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
+use crate::request_id::{REQUEST_ID, current_request_id};
 
 /// Longest request target (path and query) served; longer ones get a JSON 414.
 const MAX_URI: usize = 8 * 1024;
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The id of the request being handled (empty outside a request).
-pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
-}
 
 fn usable(id: &HeaderValue) -> Option<String> {
     let s = id.to_str().ok()?;

@@ -13,14 +13,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::RunOutcome;
 use super::backoff::retry_delay;
 use super::machine::{Effect, Finished, Input, Machine, Request};
+use super::{Control, Env, RunOutcome};
 use crate::call::agents::{AgentError, AgentRequest, AgentResponse};
 use crate::call::{Call, Target};
 use crate::clock::now_ms;
 use crate::metrics::{WorkflowLabels, WorkflowStatusLabels, WorkflowStepLabels};
-use crate::shared::{Control, Shared};
 
 /// How long a record that need not be durable may wait for a commit to ride along with.
 const DEFER: Duration = Duration::from_millis(2);
@@ -34,7 +33,7 @@ enum Turn {
 }
 
 pub(crate) struct Driver {
-    shared: Arc<Shared>,
+    env: Arc<Env>,
     machine: Machine,
     kind: RunKind,
     created_at: i64,
@@ -51,7 +50,7 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        env: Arc<Env>,
         machine: Machine,
         record: &RunRecord,
         priority: Priority,
@@ -61,7 +60,7 @@ impl Driver {
             Instant::now() + Duration::from_millis(left)
         });
         Driver {
-            shared,
+            env,
             machine,
             kind: record.kind,
             created_at: record.created_at,
@@ -84,6 +83,7 @@ impl Driver {
         &self.machine.compiled().name
     }
 
+    /// Drives the run until it is over, or another replica took it over.
     pub(crate) async fn run(
         mut self,
         mut control: mpsc::UnboundedReceiver<Control>,
@@ -97,7 +97,6 @@ impl Driver {
                 Turn::Lost => {
                     // Another replica took the run over: stop, and let only its record count.
                     tracing::warn!(run_id = %run_id, "lease lost (a newer claim fenced this replica's writes); stopping the run here");
-                    self.shared.forget(&run_id, self.epoch());
                     return;
                 }
                 Turn::Finished(outcome) => {
@@ -107,7 +106,6 @@ impl Driver {
                         span.record("otel.status_code", "ERROR");
                     }
                     let _ = done.send(Some(Arc::new(outcome)));
-                    self.shared.forget(&run_id, self.epoch());
                     return;
                 }
             }
@@ -127,7 +125,7 @@ impl Driver {
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                     self.deferred_since = None;
                     let deferred = std::mem::take(&mut self.deferred);
-                    self.shared.store.enqueue(fenced(&run_id, self.epoch(), deferred));
+                    self.env.store.enqueue(fenced(&run_id, self.epoch(), deferred));
                 }
                 else => {
                     tracing::error!(run_id = %run_id, "run has nothing left to wait for; failing it");
@@ -148,7 +146,7 @@ impl Driver {
         if inputs.is_empty() {
             return Turn::Running;
         }
-        let effects = self.machine.handle(inputs, now_ms(), &self.shared.flags);
+        let effects = self.machine.handle(inputs, now_ms(), &self.env.flags);
         for effect in effects {
             match effect {
                 Effect::Persist {
@@ -174,7 +172,7 @@ impl Driver {
                 }
                 Effect::Publish(events) => {
                     for e in events {
-                        let _ = self.shared.events.send(e);
+                        let _ = self.env.events.send(e);
                     }
                 }
                 Effect::Dispatch(request) => self.dispatch(request),
@@ -199,7 +197,7 @@ impl Driver {
     async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let mut delay = Duration::from_millis(50);
         loop {
-            match self.shared.store.commit(writes.clone()).await {
+            match self.env.store.commit(writes.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(e @ StoreError::Fenced(_)) => return Err(e),
                 Err(e) => {
@@ -213,7 +211,7 @@ impl Driver {
 
     fn arm_retry(&mut self, step: usize, failed_attempt: u32) {
         let compiled = self.machine.compiled();
-        self.shared
+        self.env
             .metrics
             .step_retries
             .get_or_create(&WorkflowStepLabels {
@@ -236,7 +234,7 @@ impl Driver {
             return;
         }
         let status = finished.outcome.status;
-        let m = &self.shared.metrics;
+        let m = &self.env.metrics;
         let compiled = self.machine.compiled();
         let workflow = compiled.name.clone();
         m.workflow_runs
@@ -253,7 +251,7 @@ impl Driver {
         if status == RunStatus::TimedOut {
             m.sla_breaches.get_or_create(&labels).inc();
         }
-        if let Some(tracker) = &self.shared.tracker {
+        if let Some(tracker) = &self.env.tracker {
             tracker.record(crate::mlflow::RunSummary {
                 run_id: self.machine.run_id().to_owned(),
                 workflow,
@@ -319,7 +317,7 @@ impl Driver {
         };
         let spec = &self.machine.compiled().workflow.steps[step];
         let target = Target::of(&spec.agent, &spec.capability, "");
-        let fleet = &self.shared.fleet;
+        let fleet = &self.env.fleet;
         let timeout = fleet.timeout_for(spec.timeout.map(|d| d.0), &target);
         let call = Call {
             priority: spec.priority.unwrap_or(self.priority),
@@ -340,9 +338,9 @@ impl Driver {
             "flotilla.outcome" = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let shared = self.shared.clone();
+        let env = self.env.clone();
         let attempt_work = async move {
-            let (agent, result) = shared.fleet.call(call).await;
+            let (agent, result) = env.fleet.call(call).await;
             let span = tracing::Span::current();
             if let Some(a) = &agent {
                 span.record("flotilla.agent.name", a.as_str());
@@ -379,7 +377,7 @@ impl Driver {
         let fallback = spec.agent.clone().unwrap_or_default();
         let target = Target::of(&comp.agent, &comp.capability, &fallback);
         let timeout = self
-            .shared
+            .env
             .fleet
             .timeout_for(spec.timeout.map(|d| d.0), &target);
         let call = Call {
@@ -391,9 +389,9 @@ impl Driver {
             cache: None,
             spend: None,
         };
-        let shared = self.shared.clone();
+        let env = self.env.clone();
         self.work.spawn(async move {
-            let (_, result) = shared.fleet.call(call).await;
+            let (_, result) = env.fleet.call(call).await;
             Input::Compensation { step, result }
         });
     }

@@ -8,15 +8,41 @@ pub(crate) mod driver;
 pub(crate) mod machine;
 pub mod scheduler;
 
+#[cfg(test)]
+mod crash_props;
 
 use std::sync::Arc;
 
 use flotilla_spec::Workflow;
-use flotilla_store::RunStatus;
+use flotilla_store::{EventRecord, RunStatus, Store};
 use serde_json::Value;
+use tokio::sync::broadcast;
 
+use crate::call::Fleet;
 use crate::error::{EngineError, ErrorKind, Result};
+use crate::metrics::Metrics;
+use crate::mlflow::Tracker;
 use scheduler::Dag;
+
+/// Messages from the engine to a run.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Cancel,
+}
+
+/// What a run's driver uses of the engine.
+pub(crate) struct Env {
+    pub store: Arc<dyn Store>,
+    /// The agents, and what every call to them goes through.
+    pub fleet: Fleet,
+    /// Every run's events, for live subscribers.
+    pub events: broadcast::Sender<EventRecord>,
+    /// The live feature flags.
+    pub flags: flotilla_flags::Flags,
+    pub metrics: Arc<Metrics>,
+    /// Finished runs go to MLflow, when configured.
+    pub tracker: Option<Tracker>,
+}
 
 /// A workflow ready to run: its definition, graph and input validator.
 pub(crate) struct Compiled {

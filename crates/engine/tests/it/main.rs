@@ -1,3 +1,4 @@
 //! Engine integration tests, one binary.
 
+mod layering;
 mod scheduler_props;
