@@ -305,3 +305,19 @@ pub async fn claims_and_leases(store: &dyn Store) {
         assert_eq!(again.len(), 1);
     }
 }
+
+/// A run whose stored status was set to `exploded` (outside flotilla) reads as a corrupt
+/// record, alone and in lists.
+pub async fn exploded_status_reads_as_corrupt(store: &dyn Store) {
+    let err = store.run("r").await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(w) if w.contains("exploded")),
+        "{err:?}"
+    );
+    let query = RunQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let err = store.list_runs(&query).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+}

@@ -95,20 +95,5 @@ async fn a_status_flotilla_never_writes_reads_as_corrupt() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let err = store.run("r").await.unwrap_err();
-    assert!(
-        matches!(&err, flotilla_store::StoreError::Corrupt(w) if w.contains("exploded")),
-        "{err:?}"
-    );
-    let err = store
-        .list_runs(&flotilla_store::RunQuery {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, flotilla_store::StoreError::Corrupt(_)),
-        "{err:?}"
-    );
+    crate::behaviour::exploded_status_reads_as_corrupt(&store).await;
 }

@@ -15,6 +15,18 @@ async fn fresh() -> Option<(tempfile::TempDir, SqliteStore)> {
 
 crate::all_behaviours!();
 
+/// Stores run `r` in the database at `url`, then closes it.
+async fn create_run_r(url: &str) {
+    let store = SqliteStore::open(url, SqliteOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
+        .create_run(behaviour::new_run("r", None))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn second_process_is_refused_by_the_lock() {
     let dir = tempfile::tempdir().unwrap();
@@ -36,16 +48,7 @@ async fn second_process_is_refused_by_the_lock() {
 async fn data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    {
-        let store = SqliteStore::open(&url, SqliteOptions::default())
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        store
-            .create_run(behaviour::new_run("r", None))
-            .await
-            .unwrap();
-    }
+    create_run_r(&url).await;
     let store = SqliteStore::open(&url, SqliteOptions::default())
         .await
         .unwrap();
@@ -89,16 +92,7 @@ async fn a_status_flotilla_never_writes_reads_as_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("t.db");
     let url = format!("sqlite://{}", file.display());
-    {
-        let store = SqliteStore::open(&url, SqliteOptions::default())
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        store
-            .create_run(behaviour::new_run("r", None))
-            .await
-            .unwrap();
-    }
+    create_run_r(&url).await;
     rusqlite::Connection::open(&file)
         .unwrap()
         .execute("UPDATE runs SET status = 'exploded'", [])
@@ -106,17 +100,5 @@ async fn a_status_flotilla_never_writes_reads_as_corrupt() {
     let store = SqliteStore::open(&url, SqliteOptions::default())
         .await
         .unwrap();
-    let err = store.run("r").await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(w) if w.contains("exploded")),
-        "{err:?}"
-    );
-    let err = store
-        .list_runs(&flotilla_store::RunQuery {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    behaviour::exploded_status_reads_as_corrupt(&store).await;
 }
