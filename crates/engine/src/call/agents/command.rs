@@ -96,12 +96,6 @@ impl Agent for CommandAgent {
                 self.program
             ))
         })?;
-        let output = match value {
-            Value::Object(mut m) if m.contains_key("output") => {
-                m.remove("output").unwrap_or(Value::Null)
-            }
-            other => other,
-        };
-        Ok(AgentResponse::output(output))
+        Ok(AgentResponse::unwrapped(value))
     }
 }

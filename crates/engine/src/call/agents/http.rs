@@ -169,13 +169,7 @@ impl Agent for HttpAgent {
         let value: Value = serde_json::from_slice(&body).map_err(|e| {
             AgentError::permanent(format!("{} answered invalid JSON: {e}", ep.shown))
         })?;
-        let output = match value {
-            Value::Object(mut m) if m.contains_key("output") => {
-                m.remove("output").unwrap_or(Value::Null)
-            }
-            other => other,
-        };
-        Ok(AgentResponse::output(output))
+        Ok(AgentResponse::unwrapped(value))
     }
 
     fn as_http(&self) -> Option<&HttpAgent> {

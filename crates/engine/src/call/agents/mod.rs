@@ -58,6 +58,17 @@ pub struct AgentResponse {
 }
 
 impl AgentResponse {
+    /// An agent's answer: `{"output": …}` gives the output, anything else is the output.
+    pub fn unwrapped(answer: Value) -> AgentResponse {
+        let output = match answer {
+            Value::Object(mut m) if m.contains_key("output") => {
+                m.remove("output").unwrap_or(Value::Null)
+            }
+            other => other,
+        };
+        AgentResponse::output(output)
+    }
+
     /// An output without usage.
     pub fn output(output: Value) -> Self {
         Self {
