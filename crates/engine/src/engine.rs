@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_spec::{Config, Priority, Workflow};
+use flotilla_spec::{Config, Definition, Priority};
 use flotilla_store::{
     CreateOutcome, EventRecord, NewRun, RunKind, RunQuery, RunRecord, RunStatus, StepRecord,
     StepStatus, Store,
@@ -21,12 +21,12 @@ use crate::call::gate::Gate;
 use crate::call::registry::{AgentStatus, Registration, RegistrationError, Registry};
 use crate::clock::now_ms;
 use crate::error::{EngineError, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{Held, Metrics, VersionLabels};
 use crate::run::Control;
 use crate::run::driver::Driver;
 use crate::run::machine::Machine;
 use crate::run::{Compiled, Env, RunOutcome};
-use crate::shared::{RunHandle, Shared};
+use crate::shared::{ClaimVersions, RunHandle, Shared};
 
 /// A request to start a workflow run.
 #[derive(Debug, Clone, Default)]
@@ -125,7 +125,7 @@ impl Engine {
             if let Some(usd) = wf.budget.and_then(|b| b.usd) {
                 metrics.budget("workflow", name, usd);
             }
-            let c = Compiled::new(name, wf.clone())?;
+            let c = Compiled::new(name, Definition::pin(wf.clone(), &config.agents))?;
             definitions.insert(c.hash.clone(), c.clone());
             workflows.insert(name.clone(), c);
         }
@@ -136,6 +136,11 @@ impl Engine {
             &metrics,
         )
         .map_err(EngineError::BadRequest)?;
+        let version = config
+            .engine
+            .version
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned());
         let config_replica = config
             .engine
             .replica_id
@@ -176,6 +181,7 @@ impl Engine {
                 metrics.clone(),
             )
         });
+        let claim_versions = ClaimVersions::new(&config.engine.claim_versions, &version);
         let env = Arc::new(Env {
             tracker,
             flags,
@@ -205,6 +211,8 @@ impl Engine {
             accepting: AtomicBool::new(true),
             idle: tokio::sync::Notify::new(),
             replica: config_replica,
+            claim_versions,
+            version,
         });
         let engine = Engine {
             shared,
@@ -254,7 +262,9 @@ impl Engine {
         let runs = shared
             .env
             .store
-            .claim_runs(&shared.replica, now, lease_until, room as u32)
+            .claim_runs(&shared.replica, now, lease_until, room as u32, &|v| {
+                shared.claim_versions.accepts(v)
+            })
             .await?;
         let mut adopted = 0;
         for flotilla_store::Claimed { run: record, epoch } in runs {
@@ -279,7 +289,7 @@ impl Engine {
             let priority = Priority::parse(&record.priority).unwrap_or_default();
             let machine = Machine::resume(compiled, &record, seq, epoch);
             let driver = Driver::new(shared.env.clone(), machine, &record, priority);
-            let _ = self.spawn(record.id.clone(), driver);
+            let _ = self.spawn(record.id.clone(), record.version.as_deref(), driver);
             adopted += 1;
         }
         if adopted > 0 {
@@ -370,9 +380,7 @@ impl Engine {
             .definition(hash)
             .await?
             .ok_or_else(|| EngineError::Definition(hash.to_owned(), "missing".into()))?;
-        let wf: Workflow = serde_json::from_str(&json)
-            .map_err(|e| EngineError::Definition(hash.to_owned(), e.to_string()))?;
-        let c = Compiled::new(workflow, wf)?;
+        let c = Compiled::stored(workflow, hash, json)?;
         self.shared
             .definitions
             .lock()
@@ -381,7 +389,13 @@ impl Engine {
         Ok(c)
     }
 
-    fn spawn(&self, run_id: String, driver: Driver) -> watch::Receiver<Option<Arc<RunOutcome>>> {
+    /// Drives a run here; `version` started it.
+    fn spawn(
+        &self,
+        run_id: String,
+        version: Option<&str>,
+        driver: Driver,
+    ) -> watch::Receiver<Option<Arc<RunOutcome>>> {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (done_tx, done) = watch::channel(None);
         let mut runs = self.shared.runs();
@@ -405,8 +419,20 @@ impl Engine {
         );
         let shared = self.shared.clone();
         let (id, epoch) = (run_id.clone(), driver.epoch());
+        let labels = VersionLabels {
+            version: version.unwrap_or("unknown").to_owned(),
+        };
+        let in_flight = Held::new(
+            self.shared
+                .env
+                .metrics
+                .runs_in_flight
+                .get_or_create(&labels)
+                .clone(),
+        );
         let task = tokio::spawn(
             async move {
+                let _in_flight = in_flight;
                 driver.run(control_rx, done_tx).await;
                 shared.forget(&id, epoch);
             }
@@ -492,6 +518,7 @@ impl Engine {
                 .map(|t| now + t.0.as_millis() as i64),
             owner: Some(self.shared.replica.clone()),
             lease_until: Some(now + self.shared.config.engine.lease.0.as_millis() as i64),
+            version: Some(self.shared.version.clone()),
         };
         let record = RunRecord {
             id: id.clone(),
@@ -508,6 +535,7 @@ impl Engine {
             updated_at: now,
             finished_at: None,
             deadline_at: new.deadline_at,
+            version: new.version.clone(),
             steps: Vec::new(),
             usage: Default::default(),
         };
@@ -540,7 +568,7 @@ impl Engine {
                     .insert(compiled.hash.clone());
                 let machine = Machine::new(compiled, &record, 0);
                 let driver = Driver::new(self.shared.env.clone(), machine, &record, priority);
-                let done = self.spawn(id.clone(), driver);
+                let done = self.spawn(id.clone(), record.version.as_deref(), driver);
                 Ok(Submitted {
                     run_id: id,
                     status: RunStatus::Queued,

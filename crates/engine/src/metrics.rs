@@ -119,6 +119,14 @@ pub struct BudgetLabels {
     pub name: String,
 }
 
+/// `version`: the version that started a run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// `engine.version`, or flotilla's version; `unknown` for runs started before versions
+    /// were recorded.
+    pub version: String,
+}
+
 /// `version, commit`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -210,6 +218,9 @@ pub struct Metrics {
     pub workflow_duration: Hist<WorkflowLabels>,
     /// `workflow_sla_breaches_total`.
     pub sla_breaches: Family<WorkflowLabels, Counter>,
+    /// `workflow_runs_in_flight{version}`: runs (and tasks) this process drives, by the
+    /// version that started them.
+    pub runs_in_flight: Family<VersionLabels, Gauge>,
     /// `workflow_step_retries_total`.
     pub step_retries: Family<WorkflowStepLabels, Counter>,
     /// `llm_tokens_total`.
@@ -257,6 +268,7 @@ impl Metrics {
             workflow_runs: Family::default(),
             workflow_duration: Family::new_with_constructor(run_histogram),
             sla_breaches: Family::default(),
+            runs_in_flight: Family::default(),
             step_retries: Family::default(),
             llm_tokens: Family::default(),
             llm_cost: Family::default(),
@@ -323,6 +335,11 @@ impl Metrics {
             "circuit_breaker_open",
             "Times a circuit opened",
             m.circuit_opened.clone(),
+        );
+        r.register(
+            "workflow_runs_in_flight",
+            "Runs this process drives, by the version that started them",
+            m.runs_in_flight.clone(),
         );
         r.register(
             "workflow_runs",
@@ -453,5 +470,23 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One unit of a gauge, held while its owner lives: taken on creation, given back on drop
+/// (however the owner ends: finished, aborted, dropped mid-await).
+pub struct Held(Gauge);
+
+impl Held {
+    /// Raises `gauge` by one until the returned value is dropped.
+    pub fn new(gauge: Gauge) -> Held {
+        gauge.inc();
+        Held(gauge)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

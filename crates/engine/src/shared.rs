@@ -10,6 +10,37 @@ use tokio::task::AbortHandle;
 
 use crate::run::{Compiled, Control, Env, RunOutcome};
 
+/// Whose lapsed runs a replica may take over (`engine.claim_versions`).
+#[derive(Debug, Clone)]
+pub(crate) enum ClaimVersions {
+    /// Only runs of this version.
+    Same(String),
+    /// Runs whose version is semver and in the range.
+    Range(semver::VersionReq),
+}
+
+impl ClaimVersions {
+    /// From the configuration (validated: `same` or a range).
+    pub(crate) fn new(setting: &str, version: &str) -> ClaimVersions {
+        match semver::VersionReq::parse(setting) {
+            Ok(range) if setting != "same" => ClaimVersions::Range(range),
+            _ => ClaimVersions::Same(version.to_owned()),
+        }
+    }
+
+    /// Whether a run started by `version` may be taken over here; runs started before
+    /// versions were recorded may be taken by any.
+    pub(crate) fn accepts(&self, version: Option<&str>) -> bool {
+        match (self, version) {
+            (_, None) => true,
+            (ClaimVersions::Same(own), Some(v)) => own == v,
+            (ClaimVersions::Range(range), Some(v)) => {
+                semver::Version::parse(v).is_ok_and(|v| range.matches(&v))
+            }
+        }
+    }
+}
+
 /// A run executing in this process.
 pub(crate) struct RunHandle {
     pub control: mpsc::UnboundedSender<Control>,
@@ -31,6 +62,10 @@ pub(crate) struct Shared {
     pub idle: tokio::sync::Notify,
     /// This process's name in run leases.
     pub replica: String,
+    /// The version runs started here are tagged with.
+    pub version: String,
+    /// Whose lapsed runs this process may take over.
+    pub claim_versions: ClaimVersions,
     /// Stops the flag file watcher.
     pub stop_flags: watch::Sender<bool>,
     /// Definition hashes this process has stored.

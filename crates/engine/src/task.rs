@@ -69,7 +69,8 @@ impl Engine {
             output: Some(Value::String("{{ steps.task.output }}".into())),
             budget: None,
         };
-        let compiled = Compiled::new("_task", wf)?;
+        let agents = self.shared.env.fleet.registry.configs();
+        let compiled = Compiled::new("_task", flotilla_spec::Definition::pin(wf, &agents))?;
         let mut cache = cache();
         if cache.len() >= KEEP {
             cache.clear();

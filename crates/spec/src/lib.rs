@@ -21,6 +21,7 @@
 //! assert_eq!(loaded.config.workflows["w"].steps[0].id, "s");
 //! ```
 
+mod definition;
 mod deploy;
 mod error;
 mod interpolate;
@@ -35,6 +36,7 @@ mod validate;
 pub mod whole;
 pub mod yaml;
 
+pub use definition::{Definition, DefinitionDiff};
 pub use deploy::*;
 pub use error::{Diagnostic, Origin, Result, SpecError};
 pub use interpolate::{InterpolationError, interpolate};

@@ -71,6 +71,13 @@ pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
     if config.engine.claim_interval.0 * 2 >= config.engine.lease.0 {
         c.err("engine.lease", "engine.lease must be more than twice engine.claim_interval, or leases lapse between renewals");
     }
+    let claim = &config.engine.claim_versions;
+    if claim != "same" && semver::VersionReq::parse(claim).is_err() {
+        c.err(
+            "engine.claim_versions",
+            format!("`{claim}` is neither `same` nor a semver range such as `>=1.4.0, <2`"),
+        );
+    }
     if config.engine.max_concurrency == 0 {
         c.err("engine.max_concurrency", "must be at least 1");
     }

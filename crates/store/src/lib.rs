@@ -102,15 +102,23 @@ pub trait Store: Send + Sync + 'static {
     fn is_shared(&self) -> bool;
     /// Takes unfinished runs that nobody holds (no owner, or a lease expired before `now`)
     /// for `owner` until `lease_until`, at most `limit`; returns them with their steps and
-    /// the new epoch each claim raised. A store one process owns returns every unfinished
-    /// run at epoch 0 and never fences.
+    /// the new epoch each claim raised. Only runs whose version `versions` accepts are
+    /// taken. A store one process owns returns every unfinished run at epoch 0 (it has no
+    /// one else to leave them to) and never fences.
     async fn claim_runs(
         &self,
         owner: &str,
         now: i64,
         lease_until: i64,
         limit: u32,
+        versions: VersionFilter<'_>,
     ) -> Result<Vec<Claimed>>;
+    /// Unfinished runs pinned to definition `hash`: (run id, workflow).
+    async fn runs_on_definition(&self, hash: &str) -> Result<Vec<(String, String)>>;
+    /// Moves the unfinished runs of `m.from_hash` to `m.to_hash`; returns their ids. On a
+    /// shared store each moved run's epoch is raised and its lease released: whoever drives
+    /// it is fenced off and stops, and a replica resumes it under the new definition.
+    async fn move_runs(&self, m: MoveRuns) -> Result<Vec<String>>;
     /// Extends `owner`'s leases on `ids`; returns the ids it still holds.
     async fn renew_leases(
         &self,

@@ -159,6 +159,8 @@ pub struct NewRun {
     pub owner: Option<String>,
     /// Until when `owner` holds it, unix milliseconds.
     pub lease_until: Option<i64>,
+    /// The version that started it (flotilla's, or `engine.version`).
+    pub version: Option<String>,
 }
 
 /// What creating a run did.
@@ -201,6 +203,9 @@ pub struct RunRecord {
     pub finished_at: Option<i64>,
     /// SLA deadline, unix milliseconds.
     pub deadline_at: Option<i64>,
+    /// The version that started it (absent for runs started before versions were recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Steps that have left `pending` (others are pending).
     pub steps: Vec<StepRecord>,
     /// Tokens and cost of the run's LLM calls, summed over its steps.
@@ -326,6 +331,25 @@ pub enum Write {
     },
 }
 
+/// Moves the unfinished runs pinned to one definition to another (`flotilla runs migrate`).
+#[derive(Debug, Clone)]
+pub struct MoveRuns {
+    /// The definition the runs are pinned to now.
+    pub from_hash: String,
+    /// The definition they move to.
+    pub to_hash: String,
+    /// Its workflow's name.
+    pub workflow: String,
+    /// Its stored body (kept if the store holds it already).
+    pub body: String,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+/// Which runs a claim may take, by the version that started them (`None`: started before
+/// versions were recorded).
+pub type VersionFilter<'a> = &'a (dyn Fn(Option<&str>) -> bool + Send + Sync);
+
 /// A run taken by a claim, with the epoch (fencing token) its writes must carry.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -364,6 +388,9 @@ pub struct RunSummary {
     pub finished_at: Option<i64>,
     /// SLA deadline, unix milliseconds.
     pub deadline_at: Option<i64>,
+    /// The version that started it (absent for runs started before versions were recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl RunSummary {

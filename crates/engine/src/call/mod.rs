@@ -14,17 +14,18 @@ pub mod cache;
 pub mod gate;
 pub mod registry;
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_spec::{CachePolicy, Priority};
+use flotilla_spec::{AgentConfig, CachePolicy, Priority};
 use tracing::Instrument;
 
-use agents::{AgentError, AgentRequest, AgentResponse};
+use agents::{Agent, AgentError, AgentRequest, AgentResponse};
 use budget::Spend;
 use cache::ResultCache;
 use gate::Gate;
-use registry::Registry;
+use registry::{AgentEntry, Registry};
 
 use crate::metrics::Metrics;
 
@@ -59,9 +60,41 @@ impl Target {
     }
 }
 
+/// The agent behaviour a run pinned when it started, and the runtimes built from it (one
+/// per agent, the first time the run's definition calls it).
+pub(crate) struct Pins {
+    behaviours: BTreeMap<String, AgentConfig>,
+    /// `None`: the live agent does what was pinned.
+    built: Mutex<HashMap<String, Option<Arc<dyn Agent>>>>,
+}
+
+impl Pins {
+    pub(crate) fn new(behaviours: BTreeMap<String, AgentConfig>) -> Pins {
+        Pins {
+            behaviours,
+            built: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The runtime to call `entry` with: `None` for its own (nothing pinned, or the live
+    /// agent behaves as pinned).
+    fn runtime(&self, entry: &AgentEntry, registry: &Registry) -> Option<Arc<dyn Agent>> {
+        let pinned = self.behaviours.get(&entry.name)?;
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        built
+            .entry(entry.name.clone())
+            .or_insert_with(|| {
+                (!entry.config.behaves_as(pinned)).then(|| registry.build_pinned(entry, pinned))
+            })
+            .clone()
+    }
+}
+
 /// One call, fully described.
 pub(crate) struct Call {
     pub target: Target,
+    /// The behaviour the run pinned.
+    pub pins: Arc<Pins>,
     pub req: AgentRequest,
     pub timeout: Duration,
     pub priority: Priority,
@@ -134,6 +167,7 @@ impl Fleet {
     async fn call_agent(&self, call: Call) -> Answer {
         let Call {
             target,
+            pins,
             mut req,
             timeout,
             priority,
@@ -171,8 +205,9 @@ impl Fleet {
         if let Some(tp) = crate::trace::traceparent(&span) {
             req.traceparent = tp;
         }
+        let runtime = pins.runtime(&entry, &self.registry);
         let result = entry
-            .call(&self.gate, &req, timeout, priority)
+            .call(&self.gate, &req, timeout, priority, runtime.as_ref())
             .instrument(span.clone())
             .await;
         match &result {

@@ -78,6 +78,8 @@ pub struct AgentEntry {
     pub capabilities: Vec<String>,
     /// The runtime.
     pub runtime: Arc<dyn Agent>,
+    /// Its live configuration (what a run's pinned behaviour is applied to).
+    pub config: AgentConfig,
     /// Its circuit breaker.
     pub breaker: Breaker,
     /// Its concurrency limit, if any.
@@ -121,12 +123,14 @@ impl Drop for InFlight<'_> {
 impl AgentEntry {
     /// One call under the global and the agent's own concurrency limits, its circuit breaker
     /// and the attempt timeout, recorded in the metrics.
+    /// `runtime` replaces the agent's own when the run pinned another behaviour.
     pub async fn call(
         &self,
         global: &Arc<Gate>,
         req: &AgentRequest,
         timeout: Duration,
         priority: Priority,
+        runtime: Option<&Arc<dyn Agent>>,
     ) -> Result<AgentResponse, AgentError> {
         // An open circuit refuses at once, before any slot is waited for. Everything taken
         // from here on is given back by a guard, however the call ends (a cancelled run
@@ -148,7 +152,8 @@ impl AgentEntry {
         let in_flight = InFlight::new(self);
         self.calls.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, self.runtime.call(req)).await {
+        let runtime = runtime.unwrap_or(&self.runtime);
+        let result = match tokio::time::timeout(timeout, runtime.call(req)).await {
             Ok(r) => r,
             Err(_) => Err(AgentError::Timeout(timeout)),
         };
@@ -289,11 +294,13 @@ pub struct Registry {
     agents: RwLock<BTreeMap<String, Arc<AgentEntry>>>,
     metrics: Arc<Metrics>,
     client: reqwest::Client,
+    /// The configuration agents are built with (LLM providers).
+    config: Arc<Config>,
 }
 
 impl Registry {
     /// The configured agents.
-    pub fn new(config: &Config, client: reqwest::Client, metrics: Arc<Metrics>) -> Registry {
+    pub fn new(config: &Arc<Config>, client: reqwest::Client, metrics: Arc<Metrics>) -> Registry {
         let mut agents = BTreeMap::new();
         for (name, cfg) in &config.agents {
             let runtime = agents::build(name, cfg, config, &client, &metrics);
@@ -320,7 +327,23 @@ impl Registry {
             agents: RwLock::new(agents),
             metrics,
             client,
+            config: config.clone(),
         }
+    }
+
+    /// A runtime for `entry` (where it is: endpoints, credentials) doing what `pinned`
+    /// says (a run's pinned behaviour).
+    pub(crate) fn build_pinned(&self, entry: &AgentEntry, pinned: &AgentConfig) -> Arc<dyn Agent> {
+        let cfg = entry.config.with_behaviour(pinned);
+        agents::build(&entry.name, &cfg, &self.config, &self.client, &self.metrics)
+    }
+
+    /// The live configuration of every agent, by name.
+    pub(crate) fn configs(&self) -> BTreeMap<String, AgentConfig> {
+        self.read()
+            .iter()
+            .map(|(name, a)| (name.clone(), a.config.clone()))
+            .collect()
     }
 
     fn entry(
@@ -336,6 +359,7 @@ impl Registry {
             description: cfg.description.clone(),
             capabilities: cfg.capabilities.clone(),
             runtime,
+            config: cfg.clone(),
             breaker: Breaker::new(cfg.circuit_breaker),
             gate: cfg
                 .max_concurrency

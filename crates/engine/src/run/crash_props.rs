@@ -102,7 +102,11 @@ fn compiled(case: &Case) -> Arc<Compiled> {
         })
         .collect();
     let wf = serde_json::from_value(json!({ "steps": steps })).expect("a valid workflow");
-    Compiled::new("crashy", wf).expect("compiles")
+    let definition = flotilla_spec::Definition {
+        workflow: wf,
+        agents: Default::default(),
+    };
+    Compiled::new("crashy", definition).expect("compiles")
 }
 
 fn record(compiled: &Compiled) -> RunRecord {
@@ -121,6 +125,7 @@ fn record(compiled: &Compiled) -> RunRecord {
         updated_at: 0,
         finished_at: None,
         deadline_at: None,
+        version: None,
         steps: Vec::new(),
         usage: Usage::default(),
     }

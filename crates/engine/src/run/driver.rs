@@ -320,6 +320,7 @@ impl Driver {
         let fleet = &self.env.fleet;
         let timeout = fleet.timeout_for(spec.timeout.map(|d| d.0), &target);
         let call = Call {
+            pins: self.machine.compiled().pins.clone(),
             priority: spec.priority.unwrap_or(self.priority),
             cacheable: true,
             cache: spec.cache,
@@ -381,6 +382,7 @@ impl Driver {
             .fleet
             .timeout_for(spec.timeout.map(|d| d.0), &target);
         let call = Call {
+            pins: self.machine.compiled().pins.clone(),
             req: self.agent_request(step, 1, rendered, timeout),
             target,
             timeout,

@@ -13,12 +13,12 @@ mod crash_props;
 
 use std::sync::Arc;
 
-use flotilla_spec::Workflow;
+use flotilla_spec::{Definition, Workflow};
 use flotilla_store::{EventRecord, RunStatus, Store};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::call::Fleet;
+use crate::call::{Fleet, Pins};
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::metrics::Metrics;
 use crate::mlflow::Tracker;
@@ -44,7 +44,7 @@ pub(crate) struct Env {
     pub tracker: Option<Tracker>,
 }
 
-/// A workflow ready to run: its definition, graph and input validator.
+/// A workflow ready to run: its pinned definition, graph and input validator.
 pub(crate) struct Compiled {
     pub name: String,
     pub workflow: Workflow,
@@ -52,10 +52,33 @@ pub(crate) struct Compiled {
     pub json: String,
     pub dag: Dag,
     pub schema: Option<jsonschema::Validator>,
+    /// The agent behaviour the definition pins.
+    pub pins: Arc<Pins>,
 }
 
 impl Compiled {
-    pub(crate) fn new(name: &str, workflow: Workflow) -> Result<Arc<Compiled>> {
+    /// A definition from the configuration: stored under the hash of its snapshot.
+    pub(crate) fn new(name: &str, definition: Definition) -> Result<Arc<Compiled>> {
+        // One serialization gives both the stored snapshot and its hash.
+        let (json, hash) = definition.snapshot();
+        Compiled::build(name, definition, json, hash)
+    }
+
+    /// A definition as the store holds it, under its stored hash (a definition stored
+    /// before agents were pinned reads as a bare workflow).
+    pub(crate) fn stored(name: &str, hash: &str, json: String) -> Result<Arc<Compiled>> {
+        let definition = Definition::parse(&json)
+            .map_err(|e| EngineError::Definition(hash.to_owned(), e.to_string()))?;
+        Compiled::build(name, definition, json, hash.to_owned())
+    }
+
+    fn build(
+        name: &str,
+        definition: Definition,
+        json: String,
+        hash: String,
+    ) -> Result<Arc<Compiled>> {
+        let Definition { workflow, agents } = definition;
         let schema = match &workflow.input_schema {
             Some(s) => Some(
                 jsonschema::validator_for(s)
@@ -63,13 +86,12 @@ impl Compiled {
             ),
             None => None,
         };
-        // One serialization gives both the stored snapshot and its hash.
-        let (json, hash) = workflow.snapshot();
         Ok(Arc::new(Compiled {
             name: name.to_owned(),
             hash,
             dag: Dag::new(&workflow),
             json,
+            pins: Arc::new(Pins::new(agents)),
             workflow,
             schema,
         }))

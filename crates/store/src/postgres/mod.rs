@@ -20,7 +20,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::record::{
-    Claimed, CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, RunSummary, Write, usage_json,
+    Claimed, CreateOutcome, EventRecord, MoveRuns, NewRun, RunQuery, RunRecord, RunSummary,
+    VersionFilter, Write, usage_json,
 };
 use crate::{Result, Store, StoreError};
 
@@ -98,6 +99,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/postgres/0002_leases.sql")),
     (3, include_str!("../../migrations/postgres/0003_usage.sql")),
     (4, include_str!("../../migrations/postgres/0004_epoch.sql")),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_version.sql"),
+    ),
 ];
 
 impl From<sqlx::Error> for StoreError {
@@ -356,8 +361,8 @@ impl Store for PostgresStore {
         }
         let inserted = sqlx::query(
             "INSERT INTO runs (id, kind, workflow, definition_hash, status, priority, input, metadata,
-                               idempotency_key, created_at, updated_at, deadline_at, owner, lease_until)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9, $10, $11, $12)
+                               idempotency_key, created_at, updated_at, deadline_at, owner, lease_until, version)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9, $10, $11, $12, $13)
              ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(&run.id)
@@ -372,6 +377,7 @@ impl Store for PostgresStore {
         .bind(run.deadline_at)
         .bind(&run.owner)
         .bind(run.lease_until)
+        .bind(&run.version)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -454,11 +460,30 @@ impl Store for PostgresStore {
         now: i64,
         lease_until: i64,
         limit: u32,
+        versions: VersionFilter<'_>,
     ) -> Result<Vec<Claimed>> {
+        // The versions of the runs up for taking, filtered here (a semver range is not SQL).
+        let offered: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT DISTINCT version FROM runs
+             WHERE status IN ('queued', 'running') AND (owner IS NULL OR lease_until < $1)",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let any_unversioned = offered.iter().any(|v| v.is_none() && versions(None));
+        let accepted: Vec<String> = offered
+            .into_iter()
+            .flatten()
+            .filter(|v| versions(Some(v)))
+            .collect();
+        if accepted.is_empty() && !any_unversioned {
+            return Ok(Vec::new());
+        }
         let claimed: Vec<(String, i64)> = sqlx::query_as(
             "UPDATE runs SET owner = $1, lease_until = $3, epoch = epoch + 1
              WHERE id IN (SELECT id FROM runs
                           WHERE status IN ('queued', 'running') AND (owner IS NULL OR lease_until < $2)
+                            AND (version = ANY($5) OR (version IS NULL AND $6))
                           ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
              RETURNING id, epoch",
         )
@@ -466,6 +491,8 @@ impl Store for PostgresStore {
         .bind(now)
         .bind(lease_until)
         .bind(i64::from(limit))
+        .bind(&accepted)
+        .bind(any_unversioned)
         .fetch_all(&self.pool)
         .await?;
         if claimed.is_empty() {
@@ -517,6 +544,47 @@ impl Store for PostgresStore {
                 .await?;
         }
         Ok(())
+    }
+
+    async fn runs_on_definition(&self, hash: &str) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT id, workflow FROM runs WHERE definition_hash = $1 AND status IN ('queued', 'running') ORDER BY id",
+        )
+        .bind(hash)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn move_runs(&self, m: MoveRuns) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO definitions (hash, workflow, body, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(&m.to_hash)
+        .bind(&m.workflow)
+        .bind(&m.body)
+        .bind(m.at)
+        .execute(&mut *tx)
+        .await?;
+        // A new epoch fences off whoever drives these runs now; without an owner they are
+        // claimed at once, under the new definition.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE runs SET definition_hash = $2, updated_at = $3, epoch = epoch + 1, owner = NULL, lease_until = NULL
+             WHERE definition_hash = $1 AND status IN ('queued', 'running') RETURNING id",
+        )
+        .bind(&m.from_hash)
+        .bind(&m.to_hash)
+        .bind(m.at)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if !ids.is_empty() {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(ids)
     }
 
     async fn work_available(&self) {

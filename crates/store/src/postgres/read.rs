@@ -14,7 +14,7 @@ use crate::record::{parse_json as json, parse_usage};
 macro_rules! run_columns {
     () => {
         "id, kind, workflow, definition_hash, status, priority, input, metadata, output, error, \
-         created_at, updated_at, finished_at, deadline_at"
+         created_at, updated_at, finished_at, deadline_at, version"
     };
 }
 
@@ -36,6 +36,7 @@ fn run_row(row: &PgRow) -> Result<RunRecord> {
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
         deadline_at: row.try_get("deadline_at")?,
+        version: row.try_get("version")?,
         steps: Vec::new(),
         usage: Default::default(),
     })
@@ -93,7 +94,7 @@ pub(super) async fn list(pool: &PgPool, q: &RunQuery) -> Result<Vec<RunSummary>>
     let rows = sqlx::query(
         "SELECT id, kind, workflow, definition_hash, status, priority,
                 CASE WHEN octet_length(metadata::text) <= $5 THEN metadata::text END AS metadata,
-                substr(error, 1, $6) AS error, created_at, updated_at, finished_at, deadline_at
+                substr(error, 1, $6) AS error, created_at, updated_at, finished_at, deadline_at, version
          FROM runs WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
            AND ($3::text IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
     )
@@ -122,6 +123,7 @@ pub(super) async fn list(pool: &PgPool, q: &RunQuery) -> Result<Vec<RunSummary>>
                 updated_at: row.try_get("updated_at")?,
                 finished_at: row.try_get("finished_at")?,
                 deadline_at: row.try_get("deadline_at")?,
+                version: row.try_get("version")?,
             })
         })
         .collect()

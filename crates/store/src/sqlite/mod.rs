@@ -15,7 +15,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::record::{
-    Claimed, CreateOutcome, EventRecord, NewRun, RunQuery, RunRecord, RunSummary, Write,
+    Claimed, CreateOutcome, EventRecord, MoveRuns, NewRun, RunQuery, RunRecord, RunSummary,
+    VersionFilter, Write,
 };
 use crate::{Result, Store, StoreError};
 use writer::Job;
@@ -292,6 +293,7 @@ impl Store for SqliteStore {
         _now: i64,
         _lease_until: i64,
         _limit: u32,
+        _versions: VersionFilter<'_>,
     ) -> Result<Vec<Claimed>> {
         // One process owns this database: no other holder exists to fence off.
         Ok(self
@@ -313,5 +315,16 @@ impl Store for SqliteStore {
 
     async fn release_leases(&self, _owner: &str) -> Result<()> {
         Ok(())
+    }
+
+    async fn runs_on_definition(&self, hash: &str) -> Result<Vec<(String, String)>> {
+        let hash = hash.to_owned();
+        self.read(move |c| read::on_definition(c, &hash)).await
+    }
+
+    async fn move_runs(&self, m: MoveRuns) -> Result<Vec<String>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Move(Box::new(m), tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 }

@@ -11,7 +11,7 @@ use crate::record::{parse_json as json, parse_usage};
 
 const RUN_COLUMNS: &str =
     "id, kind, workflow, definition_hash, status, priority, input, metadata, output, error,
-                           created_at, updated_at, finished_at, deadline_at";
+                           created_at, updated_at, finished_at, deadline_at, version";
 
 fn run_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, [Option<String>; 3])> {
     let texts = [row.get::<_, Option<String>>(6)?, row.get(7)?, row.get(8)?];
@@ -31,6 +31,7 @@ fn run_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, [Option<String>; 3])> 
             updated_at: row.get(11)?,
             finished_at: row.get(12)?,
             deadline_at: row.get(13)?,
+            version: row.get(14)?,
             steps: Vec::new(),
             usage: Default::default(),
         },
@@ -63,7 +64,7 @@ pub(crate) fn list(conn: &Connection, q: &RunQuery) -> Result<Vec<RunSummary>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, kind, workflow, definition_hash, status, priority,
                 CASE WHEN length(metadata) <= ?5 THEN metadata END, substr(error, 1, ?6),
-                created_at, updated_at, finished_at, deadline_at
+                created_at, updated_at, finished_at, deadline_at, version
          FROM runs
          WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
          ORDER BY id DESC LIMIT ?4",
@@ -93,6 +94,7 @@ pub(crate) fn list(conn: &Connection, q: &RunQuery) -> Result<Vec<RunSummary>> {
                         updated_at: row.get(9)?,
                         finished_at: row.get(10)?,
                         deadline_at: row.get(11)?,
+                        version: row.get(12)?,
                     },
                     row.get::<_, Option<String>>(6)?,
                 ))
@@ -154,6 +156,14 @@ fn steps(conn: &Connection, run_id: &str) -> Result<Vec<StepRecord>> {
             },
         )
         .collect()
+}
+
+pub(crate) fn on_definition(conn: &Connection, hash: &str) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, workflow FROM runs WHERE definition_hash = ?1 AND status IN ('queued', 'running') ORDER BY id",
+    )?;
+    let rows = stmt.query_map([hash], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 pub(crate) fn definition(conn: &Connection, hash: &str) -> Result<Option<String>> {

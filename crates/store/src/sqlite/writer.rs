@@ -5,12 +5,13 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::record::{CreateOutcome, NewRun, Write, usage_json};
+use crate::record::{CreateOutcome, MoveRuns, NewRun, Write, usage_json};
 use crate::{Result, StoreError};
 
 /// Work for the writer.
 pub(crate) enum Job {
     Create(Box<NewRun>, oneshot::Sender<Result<CreateOutcome>>),
+    Move(Box<MoveRuns>, oneshot::Sender<Result<Vec<String>>>),
     Commit(Vec<Write>, Option<oneshot::Sender<Result<()>>>),
     Migrate(oneshot::Sender<Result<()>>),
     /// A 256 KiB write (one row of `write_probe`), to learn whether writes work again.
@@ -30,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_leases.sql")),
     (3, include_str!("../../migrations/sqlite/0003_usage.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_version.sql")),
 ];
 
 /// How long the writer polls for more work before it sleeps. A sequential workflow's next
@@ -73,6 +75,7 @@ enum Reply {
         Result<CreateOutcome>,
     ),
     Unit(oneshot::Sender<Result<()>>, Result<()>),
+    Ids(oneshot::Sender<Result<Vec<String>>>, Result<Vec<String>>),
 }
 
 fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(), String> {
@@ -84,6 +87,10 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
                 Job::Create(run, reply) => {
                     let r = savepoint(&tx, |tx| create(tx, &run));
                     replies.push(Reply::Create(reply, r));
+                }
+                Job::Move(m, reply) => {
+                    let r = savepoint(&tx, |tx| move_runs(tx, &m));
+                    replies.push(Reply::Ids(reply, r));
                 }
                 Job::Commit(writes, reply) => {
                     let r = savepoint(&tx, |tx| apply(tx, &writes));
@@ -129,6 +136,8 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
             (Reply::Unit(tx, r), Ok(())) => drop(tx.send(r)),
             (Reply::Create(tx, _), Err(e)) => drop(tx.send(Err(commit_error(e)))),
             (Reply::Unit(tx, _), Err(e)) => drop(tx.send(Err(commit_error(e)))),
+            (Reply::Ids(tx, r), Ok(())) => drop(tx.send(r)),
+            (Reply::Ids(tx, _), Err(e)) => drop(tx.send(Err(commit_error(e)))),
         }
     }
     outcome.map_err(|e| {
@@ -195,8 +204,8 @@ fn create(tx: &rusqlite::Transaction<'_>, run: &NewRun) -> Result<CreateOutcome>
     }
     tx.prepare_cached(
         "INSERT INTO runs (id, kind, workflow, definition_hash, status, priority, input, metadata,
-                           idempotency_key, created_at, updated_at, deadline_at, owner, lease_until)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12)",
+                           idempotency_key, created_at, updated_at, deadline_at, owner, lease_until, version)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         run.id,
@@ -211,8 +220,22 @@ fn create(tx: &rusqlite::Transaction<'_>, run: &NewRun) -> Result<CreateOutcome>
         run.deadline_at,
         run.owner,
         run.lease_until,
+        run.version,
     ])?;
     Ok(CreateOutcome::Created)
+}
+
+fn move_runs(tx: &rusqlite::Transaction<'_>, m: &MoveRuns) -> Result<Vec<String>> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO definitions (hash, workflow, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![m.to_hash, m.workflow, m.body, m.at])?;
+    let mut stmt = tx.prepare_cached(
+        "UPDATE runs SET definition_hash = ?2, updated_at = ?3
+         WHERE definition_hash = ?1 AND status IN ('queued', 'running') RETURNING id",
+    )?;
+    let ids = stmt.query_map(params![m.from_hash, m.to_hash, m.at], |r| r.get(0))?;
+    Ok(ids.collect::<rusqlite::Result<Vec<String>>>()?)
 }
 
 fn apply(tx: &rusqlite::Transaction<'_>, writes: &[Write]) -> Result<()> {

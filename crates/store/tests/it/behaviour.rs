@@ -18,6 +18,7 @@ pub fn new_run(id: &str, key: Option<&str>) -> NewRun {
         deadline_at: None,
         owner: None,
         lease_until: None,
+        version: None,
     }
 }
 
@@ -238,7 +239,10 @@ pub async fn claims_and_leases(store: &dyn Store) {
     store.migrate().await.unwrap();
     store.create_run(new_run("r1", None)).await.unwrap();
     store.create_run(new_run("r2", None)).await.unwrap();
-    let claimed = store.claim_runs("a", 100, 1_000, 10).await.unwrap();
+    let claimed = store
+        .claim_runs("a", 100, 1_000, 10, &|_| true)
+        .await
+        .unwrap();
     assert_eq!(
         claimed
             .iter()
@@ -256,14 +260,17 @@ pub async fn claims_and_leases(store: &dyn Store) {
     if store.is_shared() {
         assert!(
             store
-                .claim_runs("b", 500, 5_000, 10)
+                .claim_runs("b", 500, 5_000, 10, &|_| true)
                 .await
                 .unwrap()
                 .is_empty(),
             "leases hold"
         );
         // r2's lease (1,000) has expired at 1,500; r1's (2,000) has not.
-        let taken = store.claim_runs("b", 1_500, 5_000, 10).await.unwrap();
+        let taken = store
+            .claim_runs("b", 1_500, 5_000, 10, &|_| true)
+            .await
+            .unwrap();
         assert_eq!(
             taken.iter().map(|c| c.run.id.as_str()).collect::<Vec<_>>(),
             ["r2"]
@@ -301,7 +308,10 @@ pub async fn claims_and_leases(store: &dyn Store) {
             "a lost r2"
         );
         store.release_leases("b").await.unwrap();
-        let again = store.claim_runs("c", 1_500, 5_000, 10).await.unwrap();
+        let again = store
+            .claim_runs("c", 1_500, 5_000, 10, &|_| true)
+            .await
+            .unwrap();
         assert_eq!(again.len(), 1);
     }
 }
@@ -320,4 +330,80 @@ pub async fn exploded_status_reads_as_corrupt(store: &dyn Store) {
     };
     let err = store.list_runs(&query).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+}
+
+/// Runs carry the version that started them; a claim takes only the versions it accepts
+/// (runs without a version are anyone's). A store one process owns takes them all.
+pub async fn claims_by_version(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    for (id, version) in [
+        ("old", Some("1.0.0")),
+        ("new", Some("2.0.0")),
+        ("none", None),
+    ] {
+        let mut run = new_run(id, None);
+        run.version = version.map(Into::into);
+        store.create_run(run).await.unwrap();
+    }
+    let listed = store
+        .list_runs(&RunQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let old = listed.iter().find(|r| r.id == "old").unwrap();
+    assert_eq!(old.version.as_deref(), Some("1.0.0"));
+    assert_eq!(
+        store.run("new").await.unwrap().unwrap().version.as_deref(),
+        Some("2.0.0")
+    );
+    let only_new = |v: Option<&str>| v.is_none_or(|v| v == "2.0.0");
+    let mut taken: Vec<String> = store
+        .claim_runs("b", 100, 1_000, 10, &only_new)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.run.id)
+        .collect();
+    taken.sort();
+    if store.is_shared() {
+        assert_eq!(taken, ["new", "none"]);
+    } else {
+        assert_eq!(taken, ["new", "none", "old"]);
+    }
+}
+
+/// Unfinished runs move from one definition to another; finished ones stay.
+pub async fn runs_move_between_definitions(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    store.create_run(new_run("a", None)).await.unwrap();
+    store.create_run(new_run("b", None)).await.unwrap();
+    store
+        .commit(vec![Write::Run {
+            run_id: "b".into(),
+            status: RunStatus::Succeeded,
+            output: None,
+            error: None,
+            at: 5,
+        }])
+        .await
+        .unwrap();
+    let on = store.runs_on_definition("h1").await.unwrap();
+    assert_eq!(on, [("a".to_owned(), "w".to_owned())]);
+    let moved = store
+        .move_runs(MoveRuns {
+            from_hash: "h1".into(),
+            to_hash: "h2".into(),
+            workflow: "w".into(),
+            body: "{\"workflow\":{\"steps\":[]}}".into(),
+            at: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(moved, ["a"]);
+    assert_eq!(store.run("a").await.unwrap().unwrap().definition_hash, "h2");
+    assert_eq!(store.run("b").await.unwrap().unwrap().definition_hash, "h1");
+    assert!(store.definition("h2").await.unwrap().is_some());
+    assert!(store.runs_on_definition("h1").await.unwrap().is_empty());
 }

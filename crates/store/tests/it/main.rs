@@ -28,6 +28,8 @@ macro_rules! all_behaviours {
             enqueued_writes_land_before_later_commits,
             transitions_never_go_backwards,
             claims_and_leases,
+            claims_by_version,
+            runs_move_between_definitions,
         );
     };
 }
