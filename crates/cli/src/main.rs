@@ -9,6 +9,7 @@ mod logging;
 mod monitoring;
 mod rollout;
 mod run;
+mod runs;
 mod serve;
 mod settings;
 
@@ -81,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         command: monitoring::MonitoringCommand,
     },
+    /// Operations on stored runs: move unfinished runs to the current definition.
+    Runs {
+        #[command(subcommand)]
+        command: runs::RunsCommand,
+    },
     /// Canary, blue-green and rolling updates through nginx, judged by Prometheus and rolled
     /// back on their own (off Kubernetes; there, Argo Rollouts runs what `deploy` writes).
     Rollout {
@@ -127,6 +133,7 @@ fn main() -> ExitCode {
             Command::Flags { command } => flags::run(command),
             Command::Deploy { command } => deploy::run(command),
             Command::Rollout { command } => rollout::run(command).await,
+            Command::Runs { command } => runs::run(command).await,
         };
         match result {
             Ok(code) => code,

@@ -74,18 +74,12 @@ impl Definition {
         };
         let (from_ids, to_ids) = (ids(self), ids(to));
         let json = |a: &AgentConfig| serde_json::to_value(a).ok();
-        let mut agents_changed: Vec<String> = self
+        let agents_changed = self
             .agents
             .iter()
-            .filter(|(name, a)| to.agents.get(*name).map(json) != Some(json(a)))
+            .filter(|(name, a)| to.agents.get(*name).is_some_and(|b| json(b) != json(a)))
             .map(|(name, _)| name.clone())
             .collect();
-        agents_changed.extend(
-            to.agents
-                .keys()
-                .filter(|n| !self.agents.contains_key(*n))
-                .cloned(),
-        );
         let steps_changed = self
             .workflow
             .steps
@@ -122,7 +116,7 @@ pub struct DefinitionDiff {
     pub steps_removed: Vec<String>,
     /// Steps in both whose settings differ.
     pub steps_changed: Vec<String>,
-    /// Pinned agents whose behaviour differs, or that only one side pins.
+    /// Agents both pin, whose behaviour differs.
     pub agents_changed: Vec<String>,
 }
 

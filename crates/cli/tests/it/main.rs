@@ -27,3 +27,4 @@ mod schemathesis;
 mod secrets;
 mod tls;
 mod tracing;
+mod upgrades;
