@@ -78,14 +78,31 @@ enum Reply {
     Ids(oneshot::Sender<Result<Vec<String>>>, Result<Vec<String>>),
 }
 
+/// Whether a job failed because the database cannot be written (a full disk, an I/O error,
+/// a read-only file) rather than because of what it wrote: the store is then unhealthy even
+/// if the batch's transaction commits (a large insert can fail alone, as its pages spill).
+fn storage_failure<T>(r: &Result<T>) -> Option<String> {
+    use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
+    match r {
+        Err(e @ StoreError::Database(rusqlite::Error::SqliteFailure(f, _)))
+            if matches!(f.code, DiskFull | SystemIoFailure | ReadOnly | CannotOpen) =>
+        {
+            Some(e.to_string())
+        }
+        _ => None,
+    }
+}
+
 fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(), String> {
     let mut replies = Vec::with_capacity(batch.len());
+    let mut failing = None;
     let outcome = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for job in batch.drain(..) {
             match job {
                 Job::Create(run, reply) => {
                     let r = savepoint(&tx, |tx| create(tx, &run));
+                    failing = failing.take().or(storage_failure(&r));
                     replies.push(Reply::Create(reply, r));
                 }
                 Job::Move(m, reply) => {
@@ -94,6 +111,7 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
                 }
                 Job::Commit(writes, reply) => {
                     let r = savepoint(&tx, |tx| apply(tx, &writes));
+                    failing = failing.take().or(storage_failure(&r));
                     if let Err(e) = &r {
                         tracing::error!(error = %e, "store write failed");
                     }
@@ -143,7 +161,8 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
     outcome.map_err(|e| {
         tracing::error!(error = %e, "store commit failed");
         e.to_string()
-    })
+    })?;
+    failing.map_or(Ok(()), Err)
 }
 
 fn commit_error(e: &rusqlite::Error) -> StoreError {
