@@ -5,6 +5,7 @@ mod bench;
 mod deploy;
 mod flags;
 mod keys;
+mod loadtest;
 mod logging;
 mod monitoring;
 mod rollout;
@@ -82,6 +83,8 @@ enum Command {
         #[command(subcommand)]
         command: monitoring::MonitoringCommand,
     },
+    /// Offer load to a server (workflow runs, tasks or any route) and judge it by SLOs.
+    Loadtest(Box<loadtest::LoadtestArgs>),
     /// Operations on stored runs: move unfinished runs to the current definition.
     Runs {
         #[command(subcommand)]
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
             Command::Deploy { command } => deploy::run(command),
             Command::Rollout { command } => rollout::run(command).await,
             Command::Runs { command } => runs::run(command).await,
+            Command::Loadtest(args) => loadtest::loadtest(*args).await,
         };
         match result {
             Ok(code) => code,

@@ -1,6 +1,7 @@
 //! Reading a rollout: the YAML, its templates (ours, Argo's AnalysisTemplates, seed-style
 //! rollback policies), and checks that point at `file:line:col`.
 
+use flotilla_spec::slo::Cmp;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -431,7 +432,12 @@ pub fn policies_file(
             count: None,
             initial_delay: None,
             success_condition: None,
-            failure_condition: Some(format!("result[0] > {threshold}")),
+            // Each trigger is an objective the canary must meet (value <= threshold);
+            // the comparison that breaks it fails the measurement.
+            failure_condition: Some(format!(
+                "result[0] {} {threshold}",
+                Cmp::Le.negated().as_str()
+            )),
             failure_limit: samples.saturating_sub(1),
             inconclusive_limit: 0,
             consecutive_error_limit: 4,

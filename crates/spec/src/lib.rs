@@ -29,6 +29,7 @@ mod load;
 mod model;
 pub mod redact;
 pub mod secret;
+pub mod slo;
 pub mod storage;
 pub mod template;
 mod units;

@@ -14,6 +14,7 @@ mod fakes;
 mod flags;
 mod hostile;
 mod llm;
+mod loadtest;
 mod mlflow;
 mod outage;
 mod pg;
