@@ -133,7 +133,7 @@ async fn iteration(shared: &Shared, due: Instant) {
     let mut sample = Sample {
         latency: Duration::ZERO,
         service: Duration::ZERO,
-        late: started.duration_since(due) > LATE,
+        late: started.saturating_duration_since(due) > LATE,
         status: None,
         error: None,
         steps: Vec::new(),
@@ -164,7 +164,8 @@ async fn iteration(shared: &Shared, due: Instant) {
         }
     }
     let ended = Instant::now();
-    sample.latency = ended.duration_since(due);
+    // From when it was due, or from when it was sent if that was earlier (a tick early).
+    sample.latency = ended.duration_since(due.min(started));
     sample.service = ended.duration_since(started);
     let _ = shared.tx.send(Ended { sample, due });
 }
@@ -228,6 +229,9 @@ pub async fn run(plan: &Plan, gates: &Gates, progress: bool) -> Result<Report, L
     let request = Request::new(plan)?;
     let client = reqwest::Client::builder()
         .no_proxy()
+        .http1_only()
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
         .tcp_nodelay(true)
         .pool_max_idle_per_host(concurrency)
         .default_headers(request.headers.clone())
@@ -385,6 +389,12 @@ async fn closed(shared: Arc<Shared>, concurrency: u32, end: Instant) {
     while workers.join_next().await.is_some() {}
 }
 
+/// The runtime's timer ticks every millisecond: an arrival is sent on the tick before it is
+/// due (at most this early) rather than the tick after (up to this late), and its latency
+/// then counts from when it was sent.
+const TICK: Duration = Duration::from_millis(1);
+
+/// The open loop: arrivals on schedule, each waiting for one of `max_in_flight` slots.
 #[allow(clippy::too_many_arguments)]
 async fn open(
     shared: Arc<Shared>,
@@ -409,9 +419,9 @@ async fn open(
             break;
         }
         let now = Instant::now();
-        if due > now {
-            tokio::time::sleep_until(due).await;
-        } else if now.duration_since(due) > LATE {
+        if due > now + TICK {
+            tokio::time::sleep_until(due - TICK).await;
+        } else if now.saturating_duration_since(due) > LATE {
             behind.fetch_add(1, Ordering::Relaxed);
         }
         i += 1;
