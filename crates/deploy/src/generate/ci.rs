@@ -79,11 +79,12 @@ pub(super) fn ci(d: &DeployConfig) -> Result<Vec<File>, GenerateError> {
         .unwrap_or_default();
     staging_steps.push(commit("staging"));
     staging_steps.push(smoke("staging"));
-    // Then a short load test through the API (reads the store, checks the key), judged by
-    // objectives over the run and every 10 s window.
+    // Then a short load test through the API (reads the store, checks the key): open loop,
+    // so latency counts from each arrival's intended start, judged by objectives over the
+    // run and every 10 s window.
     staging_steps.push(json!({"name": "Load test (smoke profile)", "run": format!(
         "docker run --rm -e FLOTILLA_API_KEY {image}:${{{{ github.sha }}}} loadtest \
-           --target https://{host} --profile smoke --http GET '/api/v1/runs?limit=1' \
+           --target https://{host} --profile smoke --rate 10/s --http GET '/api/v1/runs?limit=1' \
            --slo 'p95<500ms,errors<1%' --slo-window 10s --abort-on-fail",
         host = env_host(d, "staging")
     ), "env": {"FLOTILLA_API_KEY": "${{ secrets.FLOTILLA_API_KEY }}"}}));
