@@ -12,11 +12,12 @@ async fn demo() -> TestApp {
     spawn_app(&without_storage).await
 }
 
-/// Runs `flotilla loadtest` with `args` against `app`; returns the exit code and the JSON
-/// report (or the text output).
-fn loadtest(app: &TestApp, args: &[&str]) -> (i32, String, String) {
+/// Runs `flotilla loadtest` against `app` with `args` (split at spaces) and `more` (kept
+/// whole); returns the exit code, stdout and stderr.
+fn loadtest(app: &TestApp, args: &str, more: &[&str]) -> (i32, String, String) {
     let mut all = vec!["loadtest", "--target", app.addr.as_str()];
-    all.extend_from_slice(args);
+    all.extend(args.split_whitespace());
+    all.extend_from_slice(more);
     flotilla(app.dir.path(), &all, &[])
 }
 
@@ -44,18 +45,8 @@ async fn closed_and_open_loop_runs_match_the_servers_own_counts() {
     let app = demo().await;
     let (code, out, err) = loadtest(
         &app,
-        &[
-            "--workflow",
-            "travel_planning",
-            "--input",
-            INPUT,
-            "--concurrency",
-            "4",
-            "--duration",
-            "3s",
-            "--output",
-            "json",
-        ],
+        "--workflow travel_planning --concurrency 4 --duration 3s --output json",
+        &["--input", INPUT],
     );
     assert_eq!(code, 0, "{out}{err}");
     let closed = report(&out);
@@ -70,18 +61,8 @@ async fn closed_and_open_loop_runs_match_the_servers_own_counts() {
 
     let (code, out, err) = loadtest(
         &app,
-        &[
-            "--workflow",
-            "travel_planning",
-            "--input",
-            INPUT,
-            "--rate",
-            "20/s",
-            "--duration",
-            "3s",
-            "--output",
-            "json",
-        ],
+        "--workflow travel_planning --rate 20/s --duration 3s --output json",
+        &["--input", INPUT],
     );
     assert_eq!(code, 0, "{out}{err}");
     let open = report(&out);
@@ -120,22 +101,14 @@ async fn a_breached_objective_fails_the_run_and_is_named() {
     .await;
     let (code, out, err) = loadtest(
         &app,
-        &[
-            "--workflow",
-            "w",
-            "--concurrency",
-            "2",
-            "--duration",
-            "2s",
-            "--slo",
-            "p99<10ms,errors<1%",
-        ],
+        "--workflow w --concurrency 2 --duration 2s --slo p99<10ms,errors<1%",
+        &[],
     );
     assert_eq!(code, 3, "{out}{err}");
     assert!(out.contains("SLO FAIL p99<10ms"), "{out}");
     assert!(out.contains("SLO pass errors<1%"), "{out}");
     // A usage error is 2.
-    let (code, _, err) = loadtest(&app, &["--workflow", "w", "--slo", "p99<fast"]);
+    let (code, _, err) = loadtest(&app, "--workflow w --slo p99<fast", &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("p99<fast"), "{err}");
 }
@@ -150,18 +123,8 @@ async fn a_stalled_server_shows_in_latency_not_only_in_service_time() {
     .await;
     let (code, out, err) = loadtest(
         &app,
-        &[
-            "--workflow",
-            "w",
-            "--rate",
-            "20/s",
-            "--max-in-flight",
-            "1",
-            "--duration",
-            "3s",
-            "--output",
-            "json",
-        ],
+        "--workflow w --rate 20/s --max-in-flight 1 --duration 3s --output json",
+        &[],
     );
     assert_eq!(code, 0, "{out}{err}");
     let r = report(&out);
@@ -181,23 +144,8 @@ async fn the_json_report_follows_its_published_schema_and_compares() {
     let baseline = app.dir.path().join("baseline.json");
     let (code, out, err) = loadtest(
         &app,
-        &[
-            "--http",
-            "GET",
-            "/health",
-            "--concurrency",
-            "2",
-            "--duration",
-            "1s",
-            "--slo-window",
-            "1s",
-            "--slo",
-            "p99<5s",
-            "--output",
-            "json",
-            "--report",
-            baseline.to_str().unwrap(),
-        ],
+        "--http GET /health --concurrency 2 --duration 1s --slo-window 1s --slo p99<5s --output json",
+        &["--report", baseline.to_str().unwrap()],
     );
     assert_eq!(code, 0, "{out}{err}");
     let schema: Value =
@@ -218,19 +166,8 @@ async fn the_json_report_follows_its_published_schema_and_compares() {
     std::fs::write(&baseline, better.to_string()).unwrap();
     let (code, out, err) = loadtest(
         &app,
-        &[
-            "--http",
-            "GET",
-            "/health",
-            "--concurrency",
-            "2",
-            "--duration",
-            "1s",
-            "--compare",
-            baseline.to_str().unwrap(),
-            "--output",
-            "json",
-        ],
+        "--http GET /health --concurrency 2 --duration 1s --output json",
+        &["--compare", baseline.to_str().unwrap()],
     );
     assert_eq!(code, 3, "{out}{err}");
     let second = report(&out);

@@ -29,6 +29,19 @@ fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Replicas on `url` with a 2 s lease, calling the fake agent at `agent` as `counter`.
+fn counter_fleet(url: &str, agent: &str, engine: &str, workflows: &str) -> String {
+    format!(
+        "storage: {{ url: \"{url}\", pool_size: 8 }}
+engine: {{ lease: 2s, claim_interval: 200ms{engine} }}
+agents:
+  counter: {{ kind: http, endpoints: [\"{agent}\"] }}
+workflows:
+{workflows}
+"
+    )
+}
+
 async fn status_of(app: &TestApp, id: &str) -> Option<String> {
     let (code, run) = app.get(&format!("/api/v1/runs/{id}")).await;
     (code == 200).then(|| run["status"].as_str().unwrap_or("").to_owned())
@@ -40,20 +53,15 @@ async fn a_replica_killed_midway_loses_nothing_and_reruns_no_succeeded_step() {
         return;
     };
     let fake = fake_agent().await;
-    let yaml = format!(
-        r#"
-storage: {{ url: "{url}", pool_size: 8 }}
-engine: {{ lease: 2s, claim_interval: 200ms, max_concurrency: 8 }}
-agents:
-  counter: {{ kind: http, endpoints: ["{agent}"] }}
-workflows:
-  three:
+    let yaml = counter_fleet(
+        &url,
+        &fake.url,
+        ", max_concurrency: 8",
+        "  three:
     steps:
-      - {{ id: a, agent: counter }}
-      - {{ id: b, agent: counter, needs: [a], input: {{ sleep_ms: 200 }} }}
-      - {{ id: c, agent: counter, needs: [b] }}
-"#,
-        agent = fake.url
+      - { id: a, agent: counter }
+      - { id: b, agent: counter, needs: [a], input: { sleep_ms: 200 } }
+      - { id: c, agent: counter, needs: [b] }",
     );
     let mut first = replica(&yaml).await;
     let second = replica(&yaml).await;
@@ -196,19 +204,14 @@ async fn a_replica_paused_past_its_lease_records_nothing_after_another_took_over
         return;
     };
     let fake = fake_agent().await;
-    let yaml = format!(
-        r#"
-storage: {{ url: "{url}", pool_size: 8 }}
-engine: {{ lease: 2s, claim_interval: 200ms }}
-agents:
-  counter: {{ kind: http, endpoints: ["{agent}"] }}
-workflows:
-  two:
+    let yaml = counter_fleet(
+        &url,
+        &fake.url,
+        "",
+        "  two:
     steps:
-      - {{ id: a, agent: counter, input: {{ sleep_ms: 1500 }} }}
-      - {{ id: b, agent: counter, needs: [a] }}
-"#,
-        agent = fake.url
+      - { id: a, agent: counter, input: { sleep_ms: 1500 } }
+      - { id: b, agent: counter, needs: [a] }",
     );
     let mut stale = replica(&yaml).await;
     let survivor = replica(&yaml).await;
