@@ -370,8 +370,9 @@ fn container(d: &DeployConfig) -> Value {
             "requests": {"cpu": d.resources.requests.cpu, "memory": d.resources.requests.memory},
             "limits": {"cpu": d.resources.limits.cpu, "memory": d.resources.limits.memory},
         },
-        "startupProbe": probe("/health", 2, 30),
-        "livenessProbe": probe("/health", 10, 3),
+        "startupProbe": probe("/livez", 2, 30),
+        // Liveness checks no dependency: a database outage must not restart every pod.
+        "livenessProbe": probe("/livez", 10, 3),
         "readinessProbe": probe("/ready", 5, 3),
         "securityContext": {
             "allowPrivilegeEscalation": false,

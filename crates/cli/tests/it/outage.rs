@@ -52,6 +52,10 @@ workflows:
     let (code, health) = app.get("/health").await;
     assert_eq!(code, 503, "{health}");
     assert_eq!(health["components"]["store"]["status"], "unhealthy");
+    // Liveness never depends on the database: restarting would not bring it back.
+    let (code, live) = app.get("/livez").await;
+    assert_eq!(code, 200, "{live}");
+    assert_eq!(live["status"], "alive");
     let started = Instant::now();
     let (code, body) = app
         .post("/api/v1/workflows/steps3/runs", json!({"input": {}}))
