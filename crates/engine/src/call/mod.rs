@@ -81,12 +81,14 @@ impl Pins {
     fn runtime(&self, entry: &AgentEntry, registry: &Registry) -> Option<Arc<dyn Agent>> {
         let pinned = self.behaviours.get(&entry.name)?;
         let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
-        built
-            .entry(entry.name.clone())
-            .or_insert_with(|| {
-                (!entry.config.behaves_as(pinned)).then(|| registry.build_pinned(entry, pinned))
-            })
-            .clone()
+        // Every call after the first is a lookup: no allocation on the call path.
+        if let Some(runtime) = built.get(&entry.name) {
+            return runtime.clone();
+        }
+        let runtime =
+            (!entry.config.behaves_as(pinned)).then(|| registry.build_pinned(entry, pinned));
+        built.insert(entry.name.clone(), runtime.clone());
+        runtime
     }
 }
 
