@@ -45,19 +45,3 @@ pub use load::{Loaded, Loader, Source, overlay_path};
 pub use model::*;
 pub use units::{ByteSize, Dur};
 pub use validate::find_cycle;
-
-use sha2::{Digest, Sha256};
-
-impl Workflow {
-    /// The definition as JSON and its SHA-256: runs pin the snapshot with this hash.
-    pub fn snapshot(&self) -> (String, String) {
-        let json = serde_json::to_string(self).expect("a workflow always serializes");
-        let hash = hex::encode(Sha256::digest(json.as_bytes()));
-        (json, hash)
-    }
-
-    /// The hash of [`Workflow::snapshot`].
-    pub fn definition_hash(&self) -> String {
-        self.snapshot().1
-    }
-}
