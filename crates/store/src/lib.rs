@@ -88,6 +88,8 @@ pub trait Store: Send + Sync + 'static {
     async fn run(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Runs, newest first.
     async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>>;
+    /// How many runs match `query`'s filters, per status (its status and cursor ignored).
+    async fn count_runs(&self, query: &RunQuery) -> Result<StatusCounts>;
     /// Runs that are queued or running, with their steps.
     async fn unfinished_runs(&self) -> Result<Vec<RunRecord>>;
     /// A pinned definition by hash.

@@ -411,7 +411,51 @@ pub struct RunQuery {
     pub limit: u32,
     /// Only runs older than this id (the previous page's `next_cursor`).
     pub before: Option<String>,
+    /// Only runs created at or after this, unix milliseconds.
+    pub created_from: Option<i64>,
+    /// Only runs created before this, unix milliseconds.
+    pub created_to: Option<i64>,
+    /// Only runs whose metadata has this top-level key with this value (compared as text:
+    /// `5` matches the number 5 and the string "5").
+    pub metadata: Option<MetadataMatch>,
 }
+
+/// A metadata filter: a top-level key and the value it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataMatch {
+    /// The key: letters, digits, `_`, `-` and `.` (checked by [`MetadataMatch::new`]).
+    key: String,
+    /// The value, as text.
+    pub value: String,
+}
+
+impl MetadataMatch {
+    /// A filter on `key`; `None` unless the key is 1 to 64 letters, digits, `_`, `-` or `.`.
+    pub fn new(key: &str, value: &str) -> Option<MetadataMatch> {
+        let ok = (1..=64).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        ok.then(|| MetadataMatch {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// SQLite's JSON path of the key (quoted: a key with `.` is one key, not a path).
+    pub(crate) fn json_path(&self) -> String {
+        format!("$.\"{}\"", self.key)
+    }
+}
+
+/// How many runs a [`RunQuery`]'s filters match in each status (its `status`, `limit` and
+/// `before` are ignored). Statuses with no run are absent.
+pub type StatusCounts = Vec<(RunStatus, u64)>;
 
 /// A step's usage as stored.
 pub(crate) fn usage_json(u: &Usage) -> String {

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::record::{
     Claimed, CreateOutcome, EventRecord, MoveRuns, NewRun, RunQuery, RunRecord, RunSummary,
-    VersionFilter, Write, usage_json,
+    StatusCounts, VersionFilter, Write, usage_json,
 };
 use crate::{Result, Store, StoreError};
 
@@ -102,6 +102,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         5,
         include_str!("../../migrations/postgres/0005_version.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_status_index.sql"),
     ),
 ];
 
@@ -422,6 +426,10 @@ impl Store for PostgresStore {
 
     async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>> {
         read::list(&self.pool, query).await
+    }
+
+    async fn count_runs(&self, query: &RunQuery) -> Result<StatusCounts> {
+        read::count(&self.pool, query).await
     }
 
     async fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {

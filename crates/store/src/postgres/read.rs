@@ -6,8 +6,8 @@ use sqlx::postgres::{PgPool, PgRow};
 
 use crate::Result;
 use crate::record::{
-    EventKind, EventRecord, RunKind, RunQuery, RunRecord, RunStatus, RunSummary, StepRecord,
-    StepStatus,
+    EventKind, EventRecord, RunKind, RunQuery, RunRecord, RunStatus, RunSummary, StatusCounts,
+    StepRecord, StepStatus,
 };
 use crate::record::{parse_json as json, parse_usage};
 
@@ -90,22 +90,50 @@ pub(super) async fn run(pool: &PgPool, id: &str) -> Result<Option<RunRecord>> {
 }
 
 /// Summaries only: input, output and steps are never read, whatever their size.
+/// `SELECT … WHERE` and the filters of a run query that are set, bound: only those, so that
+/// the planner picks the index that fits.
+fn filtered(select: &str, q: &RunQuery, paged: bool) -> sqlx::QueryBuilder<sqlx::Postgres> {
+    let mut b = sqlx::QueryBuilder::new(select);
+    b.push(" WHERE true");
+    if let Some(w) = &q.workflow {
+        b.push(" AND workflow = ").push_bind(w.clone());
+    }
+    if let Some(from) = q.created_from {
+        b.push(" AND created_at >= ").push_bind(from);
+    }
+    if let Some(to) = q.created_to {
+        b.push(" AND created_at < ").push_bind(to);
+    }
+    if let Some(m) = &q.metadata {
+        b.push(" AND metadata::jsonb ->> ")
+            .push_bind(m.key().to_owned())
+            .push(" = ")
+            .push_bind(m.value.clone());
+    }
+    if paged {
+        if let Some(s) = q.status {
+            b.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(before) = &q.before {
+            b.push(" AND id < ").push_bind(before.clone());
+        }
+    }
+    b
+}
+
 pub(super) async fn list(pool: &PgPool, q: &RunQuery) -> Result<Vec<RunSummary>> {
-    let rows = sqlx::query(
+    let select = format!(
         "SELECT id, kind, workflow, definition_hash, status, priority,
-                CASE WHEN octet_length(metadata::text) <= $5 THEN metadata::text END AS metadata,
-                substr(error, 1, $6) AS error, created_at, updated_at, finished_at, deadline_at, version
-         FROM runs WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
-           AND ($3::text IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
-    )
-    .bind(&q.workflow)
-    .bind(q.status.map(RunStatus::as_str))
-    .bind(&q.before)
-    .bind(i64::from(q.limit.max(1)))
-    .bind(RunSummary::MAX_METADATA as i32)
-    .bind(RunSummary::MAX_ERROR as i32)
-    .fetch_all(pool)
-    .await?;
+                CASE WHEN octet_length(metadata::text) <= {} THEN metadata::text END AS metadata,
+                substr(error, 1, {}) AS error, created_at, updated_at, finished_at, deadline_at, version
+         FROM runs",
+        RunSummary::MAX_METADATA,
+        RunSummary::MAX_ERROR
+    );
+    let mut b = filtered(&select, q, true);
+    b.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(q.limit.max(1)));
+    let rows = b.build().fetch_all(pool).await?;
     rows.iter()
         .map(|row| {
             let kind: String = row.try_get("kind")?;
@@ -125,6 +153,20 @@ pub(super) async fn list(pool: &PgPool, q: &RunQuery) -> Result<Vec<RunSummary>>
                 deadline_at: row.try_get("deadline_at")?,
                 version: row.try_get("version")?,
             })
+        })
+        .collect()
+}
+
+/// Runs per status under a query's filters.
+pub(super) async fn count(pool: &PgPool, q: &RunQuery) -> Result<StatusCounts> {
+    let mut b = filtered("SELECT status, count(*) AS n FROM runs", q, false);
+    b.push(" GROUP BY status");
+    let rows = b.build().fetch_all(pool).await?;
+    rows.iter()
+        .map(|row| {
+            let status: String = row.try_get("status")?;
+            let n: i64 = row.try_get("n")?;
+            Ok((RunStatus::stored(&status)?, u64::try_from(n).unwrap_or(0)))
         })
         .collect()
 }

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::record::{
     Claimed, CreateOutcome, EventRecord, MoveRuns, NewRun, RunQuery, RunRecord, RunSummary,
-    VersionFilter, Write,
+    StatusCounts, VersionFilter, Write,
 };
 use crate::{Result, Store, StoreError};
 use writer::Job;
@@ -237,6 +237,11 @@ impl Store for SqliteStore {
     async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>> {
         let q = query.clone();
         self.read(move |c| read::list(c, &q)).await
+    }
+
+    async fn count_runs(&self, query: &RunQuery) -> Result<StatusCounts> {
+        let q = query.clone();
+        self.read(move |c| read::count(c, &q)).await
     }
 
     async fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {

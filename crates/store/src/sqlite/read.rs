@@ -1,11 +1,13 @@
 //! Queries on a read connection.
 
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
 use crate::Result;
 use crate::record::{
-    EventKind, EventRecord, RunQuery, RunRecord, RunStatus, RunSummary, StepRecord, StepStatus,
+    EventKind, EventRecord, RunQuery, RunRecord, RunStatus, RunSummary, StatusCounts, StepRecord,
+    StepStatus,
 };
 use crate::record::{parse_json as json, parse_usage};
 
@@ -59,47 +61,82 @@ pub(crate) fn run(conn: &Connection, id: &str) -> Result<Option<RunRecord>> {
     row.map(|r| finish_run(conn, r)).transpose()
 }
 
+/// The WHERE clause of a run query and its parameters: only the filters that are set, so
+/// that the planner picks the index that fits (a status, a workflow, or the id order).
+fn filter(q: &RunQuery, paged: bool) -> (String, Vec<SqlValue>) {
+    let mut clauses = vec!["1 = 1".to_owned()];
+    let mut params: Vec<SqlValue> = Vec::new();
+    let mut bind = |v: SqlValue| {
+        params.push(v);
+        format!("?{}", params.len())
+    };
+    if let Some(w) = &q.workflow {
+        clauses.push(format!("workflow = {}", bind(SqlValue::Text(w.clone()))));
+    }
+    if let Some(from) = q.created_from {
+        clauses.push(format!("created_at >= {}", bind(SqlValue::Integer(from))));
+    }
+    if let Some(to) = q.created_to {
+        clauses.push(format!("created_at < {}", bind(SqlValue::Integer(to))));
+    }
+    if let Some(m) = &q.metadata {
+        let path = bind(SqlValue::Text(m.json_path()));
+        let value = bind(SqlValue::Text(m.value.clone()));
+        clauses.push(format!(
+            "CAST(json_extract(metadata, {path}) AS TEXT) = {value}"
+        ));
+    }
+    if paged {
+        if let Some(s) = q.status {
+            clauses.push(format!(
+                "status = {}",
+                bind(SqlValue::Text(s.as_str().into()))
+            ));
+        }
+        if let Some(b) = &q.before {
+            clauses.push(format!("id < {}", bind(SqlValue::Text(b.clone()))));
+        }
+    }
+    (clauses.join(" AND "), params)
+}
+
 /// Summaries only: input, output and steps are never read, whatever their size.
 pub(crate) fn list(conn: &Connection, q: &RunQuery) -> Result<Vec<RunSummary>> {
-    let mut stmt = conn.prepare_cached(
+    let (filter, mut params) = filter(q, true);
+    let n = params.len();
+    params.push(SqlValue::Integer(RunSummary::MAX_METADATA as i64));
+    params.push(SqlValue::Integer(RunSummary::MAX_ERROR as i64));
+    params.push(SqlValue::Integer(i64::from(q.limit.max(1))));
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT id, kind, workflow, definition_hash, status, priority,
-                CASE WHEN length(metadata) <= ?5 THEN metadata END, substr(error, 1, ?6),
+                CASE WHEN length(metadata) <= ?{} THEN metadata END, substr(error, 1, ?{}),
                 created_at, updated_at, finished_at, deadline_at, version
-         FROM runs
-         WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
-         ORDER BY id DESC LIMIT ?4",
-    )?;
+         FROM runs WHERE {filter} ORDER BY id DESC LIMIT ?{}",
+        n + 1,
+        n + 2,
+        n + 3
+    ))?;
     let rows = stmt
-        .query_map(
-            params![
-                q.workflow,
-                q.status.map(RunStatus::as_str),
-                q.before,
-                q.limit.max(1),
-                RunSummary::MAX_METADATA as i64,
-                RunSummary::MAX_ERROR as i64,
-            ],
-            |row| {
-                Ok((
-                    RunSummary {
-                        id: row.get(0)?,
-                        kind: row.get(1)?,
-                        workflow: row.get(2)?,
-                        definition_hash: row.get(3)?,
-                        status: row.get(4)?,
-                        priority: row.get(5)?,
-                        metadata: Value::Null,
-                        error: row.get(7)?,
-                        created_at: row.get(8)?,
-                        updated_at: row.get(9)?,
-                        finished_at: row.get(10)?,
-                        deadline_at: row.get(11)?,
-                        version: row.get(12)?,
-                    },
-                    row.get::<_, Option<String>>(6)?,
-                ))
-            },
-        )?
+        .query_map(rusqlite::params_from_iter(params), |row| {
+            Ok((
+                RunSummary {
+                    id: row.get(0)?,
+                    kind: row.get(1)?,
+                    workflow: row.get(2)?,
+                    definition_hash: row.get(3)?,
+                    status: row.get(4)?,
+                    priority: row.get(5)?,
+                    metadata: Value::Null,
+                    error: row.get(7)?,
+                    created_at: row.get(8)?,
+                    updated_at: row.get(9)?,
+                    finished_at: row.get(10)?,
+                    deadline_at: row.get(11)?,
+                    version: row.get(12)?,
+                },
+                row.get::<_, Option<String>>(6)?,
+            ))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
         .map(|(mut s, metadata)| {
@@ -107,6 +144,23 @@ pub(crate) fn list(conn: &Connection, q: &RunQuery) -> Result<Vec<RunSummary>> {
             Ok(s)
         })
         .collect()
+}
+
+/// Runs per status under a query's filters.
+pub(crate) fn count(conn: &Connection, q: &RunQuery) -> Result<StatusCounts> {
+    let (filter, params) = filter(q, false);
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT status, count(*) FROM runs WHERE {filter} GROUP BY status"
+    ))?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(params), |row| {
+            Ok((row.get::<_, RunStatus>(0)?, row.get::<_, i64>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
+        .collect())
 }
 
 pub(crate) fn unfinished(conn: &Connection) -> Result<Vec<RunRecord>> {

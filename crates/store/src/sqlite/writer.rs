@@ -32,6 +32,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/sqlite/0002_leases.sql")),
     (3, include_str!("../../migrations/sqlite/0003_usage.sql")),
     (4, include_str!("../../migrations/sqlite/0004_version.sql")),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_status_index.sql"),
+    ),
 ];
 
 /// How long the writer polls for more work before it sleeps. A sequential workflow's next

@@ -407,3 +407,79 @@ pub async fn runs_move_between_definitions(store: &dyn Store) {
     assert!(store.definition("h2").await.unwrap().is_some());
     assert!(store.runs_on_definition("h1").await.unwrap().is_empty());
 }
+
+/// Lists filter by creation time and a metadata key, page within the filter, and counts
+/// per status follow the same filters.
+pub async fn list_filters_and_counts(store: &dyn Store) {
+    use flotilla_store::MetadataMatch;
+    store.migrate().await.unwrap();
+    for (i, team) in ["red", "blue", "red", "blue", "red"].iter().enumerate() {
+        let mut run = new_run(&format!("0{i}"), None);
+        run.created_at = 100 * i as i64;
+        run.metadata = json!({"team": team, "n": i, "a.b": "dotted"});
+        store.create_run(run).await.unwrap();
+    }
+    store
+        .commit(vec![Write::Run {
+            run_id: "04".into(),
+            status: RunStatus::Failed,
+            output: None,
+            error: Some("boom".into()),
+            at: 500,
+        }])
+        .await
+        .unwrap();
+    let ids = |runs: Vec<RunSummary>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let red = RunQuery {
+        limit: 10,
+        metadata: MetadataMatch::new("team", "red"),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_runs(&red).await.unwrap()),
+        ["04", "02", "00"]
+    );
+    let numeric = RunQuery {
+        limit: 10,
+        metadata: MetadataMatch::new("n", "3"),
+        ..Default::default()
+    };
+    assert_eq!(ids(store.list_runs(&numeric).await.unwrap()), ["03"]);
+    let dotted = RunQuery {
+        limit: 10,
+        metadata: MetadataMatch::new("a.b", "dotted"),
+        ..Default::default()
+    };
+    assert_eq!(store.list_runs(&dotted).await.unwrap().len(), 5);
+    let window = RunQuery {
+        limit: 1,
+        created_from: Some(100),
+        created_to: Some(400),
+        ..Default::default()
+    };
+    assert_eq!(ids(store.list_runs(&window).await.unwrap()), ["03"]);
+    let next = RunQuery {
+        before: Some("03".into()),
+        limit: 10,
+        ..window.clone()
+    };
+    assert_eq!(ids(store.list_runs(&next).await.unwrap()), ["02", "01"]);
+    let mut counts = store.count_runs(&red).await.unwrap();
+    counts.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(counts, [(RunStatus::Failed, 1), (RunStatus::Queued, 2)]);
+    let all = RunQuery {
+        status: Some(RunStatus::Failed),
+        before: Some("00".into()),
+        ..Default::default()
+    };
+    let total: u64 = store
+        .count_runs(&all)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.1)
+        .sum();
+    assert_eq!(total, 5, "counts ignore the status filter and the cursor");
+    assert!(MetadataMatch::new("bad key", "x").is_none());
+    assert!(MetadataMatch::new("", "x").is_none());
+}

@@ -30,6 +30,7 @@ macro_rules! all_behaviours {
             claims_and_leases,
             claims_by_version,
             runs_move_between_definitions,
+            list_filters_and_counts,
         );
     };
 }
