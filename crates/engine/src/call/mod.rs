@@ -12,6 +12,7 @@ pub mod breaker;
 pub(crate) mod budget;
 pub mod cache;
 pub mod gate;
+mod observed;
 pub mod registry;
 
 use std::collections::{BTreeMap, HashMap};

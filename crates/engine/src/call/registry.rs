@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::call::agents::{self, Agent, AgentError, AgentRequest, AgentResponse, HttpAgent};
 use crate::call::breaker::{Breaker, CircuitState, Transition};
 use crate::call::gate::Gate;
+use crate::call::observed::Observed;
 use crate::metrics::{AgentIdLabels, AgentLabels, AgentStatusLabels, Metrics};
 
 /// An agent's series in the metrics catalogue, looked up once rather than per call.
@@ -99,6 +100,7 @@ pub struct AgentEntry {
     healthy: AtomicBool,
     expires: Option<Mutex<Instant>>,
     series: AgentSeries,
+    observed: Observed,
 }
 
 /// A call in flight: counted in `in_flight` and `agent_tasks_in_progress` for as long as
@@ -158,9 +160,10 @@ impl AgentEntry {
             Err(_) => Err(AgentError::Timeout(timeout)),
         };
         drop(in_flight);
-        self.series
-            .duration
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.series.duration.observe(took.as_secs_f64());
+        self.observed
+            .call(took, result.as_ref().ok().and_then(|r| r.usage.as_ref()));
         match &result {
             Ok(_) => self.series.success.inc(),
             Err(e) => {
@@ -174,10 +177,12 @@ impl AgentEntry {
         match admission.record(result.is_ok(), now) {
             Transition::Opened => {
                 self.series.circuit_opened.inc();
+                self.observed.circuit_opened();
                 self.series.health.set(0);
                 tracing::warn!(agent = %self.name, "circuit opened");
             }
             Transition::Closed => {
+                self.observed.circuit_closed();
                 self.series.health.set(i64::from(self.gauge_healthy()));
             }
             Transition::None => {}
@@ -240,6 +245,29 @@ pub struct AgentStatus {
     /// Endpoints, for http agents.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
+    /// How long the open circuit still refuses calls before it lets a probe through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_retry_in_ms: Option<u64>,
+    /// Unix ms the circuit last opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_opened_at: Option<i64>,
+    /// Unix ms the circuit last closed again after opening.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_closed_at: Option<i64>,
+    /// 95th percentile of the latest 128 calls' durations, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p95_ms: Option<f64>,
+    /// A remote agent: seconds until it is forgotten unless it registers again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<u64>,
+    /// Most one run may spend on this agent's LLM calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub budget: Option<flotilla_spec::Budget>,
+    /// Tokens its LLM calls used since start.
+    pub spent_tokens: u64,
+    /// USD its LLM calls cost since start.
+    pub spent_usd: f64,
 }
 
 /// A remote agent announcing itself (`POST /api/v1/agents/register`); repeat it as a heartbeat.
@@ -372,6 +400,7 @@ impl Registry {
             errors: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             expires: expires.map(Mutex::new),
+            observed: Observed::default(),
             series: AgentSeries::new(name, metrics),
         }
     }
@@ -563,7 +592,24 @@ impl Registry {
 fn status(a: &AgentEntry) -> AgentStatus {
     let calls = a.calls.load(Ordering::Relaxed);
     let errors = a.errors.load(Ordering::Relaxed);
+    let now = Instant::now();
+    let (circuit_opened_at, circuit_closed_at) = a.observed.circuit_times();
+    let (spent_tokens, spent_usd) = a.observed.spent();
     AgentStatus {
+        circuit_retry_in_ms: a
+            .breaker
+            .retry_in(now)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        circuit_opened_at,
+        circuit_closed_at,
+        latency_p95_ms: a.observed.p95_ms(),
+        expires_in_s: a.expires.as_ref().map(|e| {
+            let at = *e.lock().unwrap_or_else(|p| p.into_inner());
+            at.saturating_duration_since(now).as_secs()
+        }),
+        budget: a.budget,
+        spent_tokens,
+        spent_usd,
         id: a.name.clone(),
         kind: a.kind,
         description: a.description.clone(),
