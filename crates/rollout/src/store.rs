@@ -32,7 +32,8 @@ pub enum Command {
 }
 
 impl Command {
-    fn name(self) -> &'static str {
+    /// The command's name, as `flotilla rollout <name>` spells it.
+    pub fn name(self) -> &'static str {
         match self {
             Command::Promote => "promote",
             Command::Abort => "abort",
@@ -41,7 +42,8 @@ impl Command {
         }
     }
 
-    fn parse(s: &str) -> Option<Command> {
+    /// The command of a name.
+    pub fn parse(s: &str) -> Option<Command> {
         Some(match s {
             "promote" => Command::Promote,
             "abort" => Command::Abort,
@@ -80,6 +82,8 @@ pub trait StateStore: Send + Sync {
     async fn take(&self, name: &str) -> Result<Vec<Command>>;
     /// Forgets a rollout's state (a new `run` of a finished rollout starts over).
     async fn reset(&self, name: &str) -> Result<()>;
+    /// The saved states of the `limit` most recently changed rollouts, newest first.
+    async fn list(&self, limit: u32) -> Result<Vec<Value>>;
 }
 
 /// Opens the store at `url` (`sqlite://path` or `postgres://…`).
@@ -251,6 +255,22 @@ impl StateStore for SqliteStateStore {
         })
         .await
     }
+
+    async fn list(&self, limit: u32) -> Result<Vec<Value>> {
+        self.with(move |c| {
+            let mut st = c.prepare(
+                "SELECT state FROM rollout_state ORDER BY updated_at DESC, name LIMIT ?1",
+            )?;
+            let texts = st
+                .query_map([limit], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            texts
+                .iter()
+                .map(|t| serde_json::from_str(t).map_err(corrupt))
+                .collect()
+        })
+        .await
+    }
 }
 
 const PG_SCHEMA: [&str; 4] = [
@@ -385,5 +405,58 @@ impl StateStore for PgStateStore {
                 .map_err(pg)?;
         }
         Ok(())
+    }
+
+    async fn list(&self, limit: u32) -> Result<Vec<Value>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT state FROM rollout_state ORDER BY updated_at DESC, name LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg)?;
+        rows.iter()
+            .map(|(t,)| serde_json::from_str(t).map_err(|e| StoreError(e.to_string())))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn list_shows_the_latest_changed_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStateStore::open(dir.path().join("r.db"))
+            .await
+            .unwrap();
+        assert!(store.list(10).await.unwrap().is_empty());
+        store
+            .save("a", &serde_json::json!({"name": "a"}), 1)
+            .await
+            .unwrap();
+        store
+            .save("b", &serde_json::json!({"name": "b"}), 2)
+            .await
+            .unwrap();
+        store
+            .save("a", &serde_json::json!({"name": "a", "v": 2}), 3)
+            .await
+            .unwrap();
+        let names: Vec<_> = store
+            .list(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s["name"].clone())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(store.list(1).await.unwrap().len(), 1);
+        assert_eq!(
+            Command::parse(Command::Promote.name()),
+            Some(Command::Promote)
+        );
+        assert_eq!(Command::parse("launch"), None);
     }
 }
