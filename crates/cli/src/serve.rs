@@ -143,6 +143,7 @@ async fn serve_config(config: Arc<Config>) -> anyhow::Result<ExitCode> {
         auth,
         cors_origins: config.server.cors_origins.clone().into(),
         tls: config.server.tls.is_some(),
+        rollouts: flotilla_server::Rollouts::new(config.storage.url.clone()),
     });
     let grace = config.server.shutdown_grace.0;
     let limits = flotilla_server::ConnLimits {

@@ -98,6 +98,22 @@ pub fn unleash_field(name: &str) -> &str {
 }
 
 impl Condition {
+    /// The condition in words: `plan equals pro`, `user_id IN a, b`.
+    pub fn describe(&self) -> String {
+        let subject = self
+            .field
+            .as_deref()
+            .or(self.kind.as_deref())
+            .unwrap_or("?");
+        let value = match (&self.values, &self.value) {
+            (Some(vs), _) => vs.join(", "),
+            (None, Some(v)) => v.clone(),
+            (None, None) => String::new(),
+        };
+        format!("{subject} {} {value}", self.operator)
+            .trim_end()
+            .to_owned()
+    }
     fn constraint(&self) -> Result<Value, String> {
         let (field, default_value) = match (&self.kind, &self.field) {
             (Some(_), Some(_)) => return Err("give `type` or `field`, not both".into()),
@@ -187,6 +203,9 @@ pub struct FlagInfo {
     pub environment: Option<String>,
     /// Conditions (seed form) or strategies (Unleash form), counted.
     pub rules: usize,
+    /// Each rule in words (`plan equals pro`, `strategy flexibleRollout, 2 constraints`).
+    #[serde(skip)]
+    pub rule_text: Vec<String>,
     /// What it is for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -297,6 +316,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, Vec<Diagnostic>> {
             percentage: Some(flag.percentage),
             environment: flag.environment.clone(),
             rules: flag.conditions.len(),
+            rule_text: flag.conditions.iter().map(Condition::describe).collect(),
             description: flag.description.clone(),
         });
     }
@@ -354,6 +374,13 @@ fn unleash(file: &str, index: &SpanIndex, value: Value) -> Result<Parsed, Vec<Di
                 percentage: None,
                 environment: None,
                 rules: strategies.len(),
+                rule_text: strategies
+                    .iter()
+                    .map(|s| {
+                        let n = s.constraints.as_ref().map_or(0, Vec::len);
+                        format!("strategy {}, {n} constraint(s)", s.name)
+                    })
+                    .collect(),
                 description: f.description.clone(),
             });
         }

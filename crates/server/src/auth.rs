@@ -113,6 +113,11 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(limit: &RateLimit) -> DefaultKeyedRa
 }
 
 impl Auth {
+    /// Whether `auth.mode` is `none`: every caller is an admin.
+    pub fn is_off(&self) -> bool {
+        self.mode == AuthMode::None
+    }
+
     /// Whether `/metrics` needs a viewer's credentials.
     pub fn protect_metrics(&self) -> bool {
         self.protect_metrics
@@ -362,7 +367,7 @@ pub async fn layer(
     }
 }
 
-fn check(auth: &Arc<Auth>, group: Group, req: &mut Request) -> Result<(), ApiError> {
+pub(crate) fn check(auth: &Arc<Auth>, group: Group, req: &mut Request) -> Result<(), ApiError> {
     let ip = req
         .extensions()
         .get::<ConnectInfo<crate::Peer>>()

@@ -103,7 +103,7 @@ impl ApiError {
         }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),

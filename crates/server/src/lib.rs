@@ -19,6 +19,7 @@
 
 pub mod auth;
 mod conn;
+mod console;
 mod error;
 mod extract;
 mod observe;
@@ -41,6 +42,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
+pub use console::Rollouts;
 pub use error::ApiError;
 
 /// What every handler sees; cloning it (axum does, per extractor) is one reference count.
@@ -87,6 +89,8 @@ pub struct AppShared {
     pub cors_origins: Arc<[String]>,
     /// Served over TLS (adds `Strict-Transport-Security`).
     pub tls: bool,
+    /// Where the console reads rollouts from.
+    pub rollouts: Rollouts,
 }
 
 /// The client's address, as `ConnectInfo` sees it, whatever the listener.
@@ -258,6 +262,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, _) = all_routes(Some(&state)).split_for_parts();
     let api = api
+        .merge(console::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn(observe::route_template));

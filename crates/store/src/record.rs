@@ -11,6 +11,8 @@ macro_rules! status_enum {
         pub enum $name { $($(#[$vdoc])* $variant),* }
 
         impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
             /// The stored and displayed name.
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),* }

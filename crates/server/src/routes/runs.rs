@@ -188,6 +188,7 @@ pub async fn list(
             status,
             limit,
             before: q.cursor,
+            ..Default::default()
         })
         .await?;
     let mut full = runs.len() == limit as usize;

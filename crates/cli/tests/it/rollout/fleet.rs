@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use crate::app::{TestApp, flotilla, free_port, installed, spawn_app, try_metric};
 use crate::prometheus::PrometheusServer;
 
-pub(super) const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 
 /// The agent every backend serves as `api`: `stable` echoes, `bad` fails 30 % of calls.
-pub(super) fn backend(kind: &str) -> String {
+pub(crate) fn backend(kind: &str) -> String {
     let agent = match kind {
         "bad" => {
             "{ kind: builtin, builtin: fail, failure_rate: 0.3, circuit_breaker: { failure_threshold: 1000000 } }"
@@ -25,14 +25,14 @@ pub(super) fn backend(kind: &str) -> String {
 }
 
 /// nginx on a free port, proxying to the upstream file the rollout owns.
-pub(super) struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
 }
 
 impl Nginx {
-    pub(super) fn args(&self) -> Vec<String> {
+    pub(crate) fn args(&self) -> Vec<String> {
         vec![
             "-p".into(),
             self.dir.display().to_string(),
@@ -41,7 +41,7 @@ impl Nginx {
         ]
     }
 
-    pub(super) async fn start(dir: &Path, first: &[String]) -> Option<Nginx> {
+    pub(crate) async fn start(dir: &Path, first: &[String]) -> Option<Nginx> {
         if !installed("nginx", "nginx", &["-v"]) {
             return None;
         }
@@ -110,7 +110,7 @@ http {{
         Some(nginx)
     }
 
-    pub(super) fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 }
@@ -136,7 +136,7 @@ impl Drop for Nginx {
 }
 
 /// Backends behind nginx, Prometheus scraping them, and a rollout file.
-pub(super) struct Fleet {
+pub(crate) struct Fleet {
     pub dir: tempfile::TempDir,
     pub stable: Vec<TestApp>,
     pub canary: Vec<TestApp>,
@@ -144,12 +144,12 @@ pub(super) struct Fleet {
     pub prometheus: PrometheusServer,
 }
 
-pub(super) fn host(app: &TestApp) -> String {
+pub(crate) fn host(app: &TestApp) -> String {
     app.addr.trim_start_matches("http://").to_owned()
 }
 
 impl Fleet {
-    pub(super) async fn start(stable: &[&str], canary: &[&str]) -> Option<Fleet> {
+    pub(crate) async fn start(stable: &[&str], canary: &[&str]) -> Option<Fleet> {
         if !installed("nginx", "nginx", &["-v"])
             || !installed("prometheus", "prometheus", &["--version"])
         {
@@ -187,7 +187,7 @@ impl Fleet {
     }
 
     /// Writes the rollout file: `body` is YAML under `rollout:` after the common fields.
-    pub(super) fn rollout(&self, strategy: &str, body: &str) -> PathBuf {
+    pub(crate) fn rollout(&self, strategy: &str, body: &str) -> PathBuf {
         let stable: Vec<String> = self.stable.iter().map(host).collect();
         let canary: Vec<String> = self.canary.iter().map(host).collect();
         let args = self.nginx.args();
@@ -232,11 +232,11 @@ rollout:
         path
     }
 
-    pub(super) fn cli(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn cli(&self, args: &[&str]) -> (i32, String, String) {
         flotilla(self.dir.path(), args, &[])
     }
 
-    pub(super) fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let (code, out, err) = self.cli(&[
             "rollout",
             "status",
@@ -252,7 +252,7 @@ rollout:
     }
 
     /// Polls `status` until `check` holds (at most `within`).
-    pub(super) async fn wait_status(
+    pub(crate) async fn wait_status(
         &self,
         what: &str,
         within: Duration,
@@ -271,16 +271,16 @@ rollout:
 }
 
 /// The controller as its own process.
-pub(super) struct Controller {
-    pub(super) child: tokio::process::Child,
+pub(crate) struct Controller {
+    pub(crate) child: tokio::process::Child,
 }
 
 impl Controller {
-    pub(super) fn start(fleet: &Fleet) -> Controller {
+    pub(crate) fn start(fleet: &Fleet) -> Controller {
         Controller::start_with(fleet, &[])
     }
 
-    pub(super) fn start_with(fleet: &Fleet, extra: &[&str]) -> Controller {
+    pub(crate) fn start_with(fleet: &Fleet, extra: &[&str]) -> Controller {
         Controller {
             child: tokio::process::Command::new(BIN)
                 .args(["rollout", "run", "--config", "rollout.yaml"])
@@ -295,7 +295,7 @@ impl Controller {
         }
     }
 
-    pub(super) async fn exit(mut self, within: Duration) -> (i32, String, String) {
+    pub(crate) async fn exit(mut self, within: Duration) -> (i32, String, String) {
         let pid = self.child.id();
         let wait = tokio::time::timeout(within, self.child.wait()).await;
         if wait.is_err() {
@@ -316,7 +316,7 @@ impl Controller {
 }
 
 /// Requests through nginx until stopped: (sent, failed) counts.
-pub(super) struct Traffic {
+pub(crate) struct Traffic {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -325,7 +325,7 @@ pub(super) struct Traffic {
 }
 
 impl Traffic {
-    pub(super) fn start(url: String) -> Traffic {
+    pub(crate) fn start(url: String) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -380,7 +380,7 @@ impl Traffic {
         }
     }
 
-    pub(super) async fn stop(self) -> (u64, u64, Vec<String>) {
+    pub(crate) async fn stop(self) -> (u64, u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
         (
@@ -392,7 +392,7 @@ impl Traffic {
 }
 
 /// `/api/v1/execute` requests a backend has answered.
-pub(super) async fn served(app: &TestApp) -> f64 {
+pub(crate) async fn served(app: &TestApp) -> f64 {
     try_metric(
         &app.text("/metrics").await,
         "http_requests_total",
@@ -403,7 +403,7 @@ pub(super) async fn served(app: &TestApp) -> f64 {
 
 /// A fake receiver of webhooks (PagerDuty's Events v2, Slack's incoming webhooks): records
 /// every JSON body posted to `path`.
-pub(super) async fn fake_receiver(
+pub(crate) async fn fake_receiver(
     path: &'static str,
 ) -> (String, Arc<Mutex<Vec<Value>>>, tokio::task::JoinHandle<()>) {
     let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
@@ -427,7 +427,7 @@ pub(super) async fn fake_receiver(
 }
 
 /// Waits until `seen` holds a body for which `check` holds (at most 20 s).
-pub(super) async fn received(
+pub(crate) async fn received(
     seen: &Mutex<Vec<Value>>,
     what: &str,
     check: impl Fn(&Value) -> bool,

@@ -3,7 +3,7 @@
 //! backends behind nginx, Prometheus scraping them every second, bounded traffic through
 //! nginx, and the controller as its own process. Only the PagerDuty receiver is a fake.
 
-mod fleet;
+pub(crate) mod fleet;
 
 use std::time::{Duration, Instant};
 
