@@ -35,7 +35,7 @@ pub(crate) async fn agents(
                 opened => a.circuit_opened_at, closed => a.circuit_closed_at,
                 opened_ago => a.circuit_opened_at.map(|t| super::format::duration(now - t)),
                 in_flight => a.in_flight, calls => a.calls, error_pct => format!("{:.1}", a.error_rate * 100.0),
-                p95 => a.latency_p95_ms.map(|ms| format!("{ms:.1} ms")), remote => a.remote,
+                p95 => a.latency_p95_ms.map(|ms| if ms < 10.0 { format!("{ms:.2} ms") } else { format!("{ms:.0} ms") }), remote => a.remote,
                 ttl => a.expires_in_s, endpoints => a.endpoints.clone(),
                 budget => a.budget.map(|b| match (b.tokens, b.usd) {
                     (Some(t), Some(u)) => format!("{t} tokens, {u} USD per run"),

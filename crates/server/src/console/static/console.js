@@ -77,6 +77,11 @@
     }
   }
 
+  // Back and forward show the filters of the URL, not what was typed before leaving.
+  window.addEventListener("pageshow", () => {
+    for (const f of document.querySelectorAll("form.filters")) { f.reset(); }
+  });
+
   document.addEventListener("DOMContentLoaded", () => {
     wire();
     follow();
