@@ -233,11 +233,39 @@ pub(crate) async fn detail(
     let attempts = graph::attempts(&events);
     let gantt =
         (!attempts.is_empty()).then(|| Value::from_safe_string(graph::gantt(&attempts, &run, now)));
+    // What each step was given, as its definition writes it (templates unrendered): the
+    // store keeps outputs, not rendered inputs.
+    let given = |id: &str| {
+        let spec = definition
+            .as_ref()?
+            .workflow
+            .steps
+            .iter()
+            .find(|s| s.id == id)?;
+        let mut written = serde_json::Map::new();
+        if let Some(i) = &spec.input {
+            written.insert("input".into(), i.clone());
+        }
+        for (k, v) in [
+            ("prompt", &spec.prompt),
+            ("instructions", &spec.instructions),
+        ] {
+            if let Some(v) = v {
+                written.insert(k.into(), json!(v));
+            }
+        }
+        Some(if written.is_empty() {
+            "the run's input".to_owned()
+        } else {
+            redacted(&serde_json::Value::Object(written))
+        })
+    };
     let steps: Vec<Value> = run
         .steps
         .iter()
         .map(|s| {
             context! {
+                given => given(&s.step_id),
                 id => s.step_id.clone(), status => s.status.as_str(), attempts => s.attempts, agent => s.agent.clone(),
                 started => s.started_at, took => s.started_at.map(|t| s.finished_at.unwrap_or(now) - t),
                 tokens => s.usage.map(|u| u.tokens()), cost => s.usage.map(|u| format!("{:.4}", u.cost_usd)),

@@ -82,7 +82,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
         wait(&app, id, |r| r["status"] == "running").await;
     }
     fleet
-        .wait_status("paused at 50 %", Duration::from_secs(120), |s| {
+        .wait_status("paused at 50 %", Duration::from_secs(180), |s| {
             s["state"]["status"]["status"] == "paused" && s["state"]["weight"] == 50
         })
         .await;

@@ -28,6 +28,7 @@ auth:
 agents:
   echo: {{ kind: builtin, builtin: echo }}
   nap: {{ kind: builtin, builtin: sleep }}
+  broken: {{ kind: builtin, builtin: fail, failure_rate: 1.0 }}
   flaky:
     kind: builtin
     builtin: fail
@@ -50,6 +51,9 @@ workflows:
   brittle:
     steps:
       - {{ id: call, agent: flaky }}
+  retried:
+    steps:
+      - {{ id: call, agent: broken, retry: {{ attempts: 3, initial: 10ms }} }}
 {extra}"#,
         hash(VIEWER),
         hash(OPERATOR),
@@ -405,4 +409,27 @@ async fn no_page_shows_a_secret_and_auth_off_says_so() {
     let (code, page) = anyone.get(&open, "/ui/agents").await;
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("Authentication is off"), "{page}");
+}
+
+#[tokio::test]
+async fn every_attempt_is_its_own_bar_on_the_timeline() {
+    let app = spawn_app(&config("")).await;
+    let id = start(&app, "retried", json!({}), json!({})).await;
+    wait(&app, &id, |r| r["status"] == "failed").await;
+    let mut ops = Session::sign_in(&app, OPERATOR).await;
+    let (code, page) = ops.get(&app, &format!("/ui/runs/{id}")).await;
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(page.matches("class=\"bar a-retried\"").count(), 2, "{page}");
+    assert_eq!(page.matches("class=\"bar a-failed\"").count(), 1, "{page}");
+    for n in 1..=3 {
+        assert!(page.contains(&format!("call attempt {n}:")), "{page}");
+    }
+    // The DAG shows the failed step; the page offers a re-run, which starts a new run.
+    assert!(page.contains("node s-failed"), "{page}");
+    let (code, _, location) = ops.post(&app, &format!("/ui/runs/{id}/rerun"), &[]).await;
+    assert_eq!(code, 303);
+    let again = location.trim_start_matches("/ui/runs/");
+    assert_ne!(again, id);
+    let rerun = wait(&app, again, |r| r["status"] == "failed").await;
+    assert_eq!(rerun["metadata"]["rerun_of"], id);
 }
