@@ -208,9 +208,20 @@ impl TestApp {
         body["run_id"].as_str().unwrap().to_owned()
     }
 
-    /// Polls a run until `pred` holds (bounded).
+    /// Polls a run until `pred` holds (within 30 s).
     pub async fn wait_run(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_run_within(id, Duration::from_secs(30), pred)
+            .await
+    }
+
+    /// Polls a run until `pred` holds, at most `within`.
+    pub async fn wait_run_within(
+        &self,
+        id: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
         loop {
             let (code, run) = self.get(&format!("/api/v1/runs/{id}")).await;
             if code == 200 && pred(&run) {
@@ -224,9 +235,14 @@ impl TestApp {
         }
     }
 
-    /// Waits for a run to finish.
+    /// Waits for a run to finish (within 30 s).
     pub async fn finished(&self, id: &str) -> Value {
-        self.wait_run(id, |r| {
+        self.finished_within(id, Duration::from_secs(30)).await
+    }
+
+    /// Waits for a run to finish, at most `within`.
+    pub async fn finished_within(&self, id: &str, within: Duration) -> Value {
+        self.wait_run_within(id, within, |r| {
             !matches!(r["status"].as_str(), Some("queued" | "running"))
         })
         .await

@@ -146,6 +146,10 @@ async fn relay(target: String) -> Relay {
     }
 }
 
+/// How long a run of the real model may take: it shares the 2 cores with every other test
+/// (a browser, nginx and Prometheus among them).
+const MODEL_WINDOW: Duration = Duration::from_secs(240);
+
 const INTENTS: &str = "{ type: object, required: [intent], properties: { intent: { type: string, enum: [booking, complaint, other] } } }";
 
 fn tokens(app_metrics: &str, agent: &str) -> f64 {
@@ -191,7 +195,7 @@ workflows:
             json!({"message": "The heating in my room does not work."}),
         )
         .await;
-    let run = app.finished(&id).await;
+    let run = app.finished_within(&id, MODEL_WINDOW).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     let intent = step(&run, "classify")["output"]["intent"].as_str().unwrap();
     assert!(
@@ -269,10 +273,10 @@ workflows:
     // costs (temperature 0: the same every time).
     let roomy = spawn_app(&config(100_000)).await;
     let id = roomy.start_run("wide", json!({})).await;
-    let run = roomy.finished(&id).await;
+    let run = roomy.finished_within(&id, MODEL_WINDOW).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     let id = roomy.start_run("capped", json!({})).await;
-    let run = roomy.finished(&id).await;
+    let run = roomy.finished_within(&id, MODEL_WINDOW).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     let hello = used(&run, "first");
     drop(roomy);
@@ -280,7 +284,7 @@ workflows:
     // estimate (at least its 8 max_tokens), which is refused before it is made.
     let app = spawn_app(&config(hello + 4)).await;
     let id = app.start_run("capped", json!({})).await;
-    let run = app.finished(&id).await;
+    let run = app.finished_within(&id, MODEL_WINDOW).await;
     assert_eq!(run["status"], "failed", "{run:#}");
     assert_eq!(step(&run, "first")["status"], "succeeded");
     assert_eq!(used(&run, "first"), hello);
@@ -292,7 +296,7 @@ workflows:
     // An attempt timeout shorter than the generation cancels it.
     let started = Instant::now();
     let id = app.start_run("slow", json!({})).await;
-    let run = app.finished(&id).await;
+    let run = app.finished_within(&id, MODEL_WINDOW).await;
     assert_eq!(run["status"], "failed", "{run:#}");
     assert!(
         step(&run, "essay")["error"]
@@ -304,7 +308,7 @@ workflows:
     assert!(started.elapsed() < Duration::from_secs(60));
     // The server is free again at once: the cancelled generation did not hold it.
     let id = app.start_run("capped", json!({})).await;
-    let run = app.finished(&id).await;
+    let run = app.finished_within(&id, MODEL_WINDOW).await;
     assert_eq!(step(&run, "first")["status"], "succeeded", "{run:#}");
 }
 
@@ -409,7 +413,7 @@ async fn the_llm_example_runs_on_the_local_model() {
             json!({"message": "I was charged twice for my room, please fix it today."}),
         )
         .await;
-    let run = app.finished(&id).await;
+    let run = app.finished_within(&id, MODEL_WINDOW).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     let c = &run["output"]["classification"];
     assert!(
@@ -423,7 +427,7 @@ async fn the_llm_example_runs_on_the_local_model() {
             json!({"destination": "Lisbon", "nights": 2}),
         )
         .await;
-    let run = app.finished(&id).await;
+    let run = app.finished_within(&id, MODEL_WINDOW).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert!(
         run["output"]["plan"]
@@ -455,7 +459,7 @@ workflows:
     ))
     .await;
     let id = app.start_run("chat", json!({})).await;
-    let run = app.finished(&id).await;
+    let run = app.finished_within(&id, MODEL_WINDOW).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     // The same prompt at temperature 0: streamed or whole, the same answer.
     assert_eq!(

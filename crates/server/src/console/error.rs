@@ -62,6 +62,7 @@ impl IntoResponse for ConsoleError {
                     status => self.status.as_u16(),
                     message => self.message,
                     user => context! {},
+                    version => env!("CARGO_PKG_VERSION"),
                 })
             })
             .unwrap_or_else(|_| "error".into());

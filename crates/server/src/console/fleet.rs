@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::error::ConsoleError;
 use super::graph;
 use super::page::render;
-use super::session::User;
+use super::session::{User, Verified};
 use crate::AppState;
 
 /// `GET /ui/agents`.
@@ -246,20 +246,13 @@ pub(crate) async fn rollout(
     )
 }
 
-#[derive(Deserialize)]
-pub(crate) struct CommandForm {
-    csrf: String,
-}
-
 /// `POST /ui/rollouts/{name}/{command}`: queues `promote`, `abort`, `pause` or `resume` for
 /// the controller, as `flotilla rollout <command>` does.
 pub(crate) async fn command(
     State(state): State<AppState>,
-    user: User,
     Path((name, command)): Path<(String, String)>,
-    axum::Form(form): axum::Form<CommandForm>,
+    Verified(user): Verified,
 ) -> Result<Response, ConsoleError> {
-    user.check_csrf(&form.csrf)?;
     let command = Command::parse(&command).ok_or_else(|| {
         ConsoleError::not_found(format!(
             "No rollout command `{command}`: use promote, abort, pause or resume."

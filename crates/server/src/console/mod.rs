@@ -181,16 +181,7 @@ async fn sign_in(
     }
 }
 
-#[derive(Deserialize)]
-struct Csrf {
-    csrf: String,
-}
-
-async fn sign_out(
-    user: User,
-    axum::Form(form): axum::Form<Csrf>,
-) -> Result<Response, ConsoleError> {
-    user.check_csrf(&form.csrf)?;
+async fn sign_out(_: session::Verified) -> Result<Response, ConsoleError> {
     let mut resp = Redirect::to("/ui/login").into_response();
     resp.headers_mut().append(
         header::SET_COOKIE,

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::error::ConsoleError;
 use super::graph;
 use super::page::render;
-use super::session::User;
+use super::session::{User, Verified};
 use crate::AppState;
 
 const PAGE: u32 = 50;
@@ -292,19 +292,12 @@ pub(crate) async fn detail(
     render("run.html", "runs", &title, &user, data)
 }
 
-#[derive(Deserialize)]
-pub(crate) struct ActionForm {
-    csrf: String,
-}
-
 /// `POST /ui/runs/{id}/cancel`.
 pub(crate) async fn cancel(
     State(state): State<AppState>,
-    user: User,
     Path(id): Path<String>,
-    axum::Form(form): axum::Form<ActionForm>,
+    Verified(user): Verified,
 ) -> Result<Response, ConsoleError> {
-    user.check_csrf(&form.csrf)?;
     let engine = state.engine()?;
     engine.cancel(&id).await?;
     tracing::info!(run_id = %id, by = %user.name, "run cancelled from the console");
@@ -315,11 +308,9 @@ pub(crate) async fn cancel(
 /// and metadata (plus `rerun_of`).
 pub(crate) async fn rerun(
     State(state): State<AppState>,
-    user: User,
     Path(id): Path<String>,
-    axum::Form(form): axum::Form<ActionForm>,
+    Verified(user): Verified,
 ) -> Result<Response, ConsoleError> {
-    user.check_csrf(&form.csrf)?;
     let engine = state.engine()?;
     let run = engine
         .run(&id)

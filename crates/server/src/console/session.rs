@@ -6,7 +6,7 @@
 //! random `flotilla_csrf` cookie is set on the first page; each form posts a token derived
 //! from it and the session, which another site can neither read nor compute.
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -176,6 +176,30 @@ impl FromRequestParts<AppState> for User {
                 token(&csrf_cookie, session)
             },
         })
+    }
+}
+
+/// A form posted from this session's own pages: the user, once the form's CSRF token
+/// checked out.
+pub(crate) struct Verified(pub User);
+
+#[derive(serde::Deserialize)]
+struct CsrfField {
+    csrf: String,
+}
+
+impl FromRequest<AppState> for Verified {
+    type Rejection = ConsoleError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let user = User::from_request_parts(&mut parts, state).await?;
+        let axum::Form(form) =
+            axum::Form::<CsrfField>::from_request(Request::from_parts(parts, body), state)
+                .await
+                .map_err(|e| ConsoleError::bad_request(e.body_text()))?;
+        user.check_csrf(&form.csrf)?;
+        Ok(Verified(user))
     }
 }
 
