@@ -433,3 +433,43 @@ async fn every_attempt_is_its_own_bar_on_the_timeline() {
     let rerun = wait(&app, again, |r| r["status"] == "failed").await;
     assert_eq!(rerun["metadata"]["rerun_of"], id);
 }
+
+#[tokio::test]
+async fn a_jwt_signs_in_and_an_expired_one_sends_the_browser_back_to_sign_in() {
+    const SECRET_KEY: &str = "hs256-console-test-secret-long-enough-1234";
+    let app = spawn_app(&config("").replace(
+        "  mode: api_key\n",
+        &format!("  mode: any\n  jwt: {{ algorithm: HS256, secret: \"{SECRET_KEY}\" }}\n"),
+    ))
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |exp: u64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": "grace", "role": "operator", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET_KEY.as_bytes()),
+        )
+        .unwrap()
+    };
+    let mut grace = Session::sign_in(&app, &token(now + 600)).await;
+    let (code, page) = grace.get(&app, "/ui/agents").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("grace (operator)"), "{page}");
+    // A session whose token has expired is forgotten, and the browser signs in again.
+    let mut stale = Session {
+        cookies: vec![("flotilla_session".into(), token(now - 600))],
+        csrf: String::new(),
+    };
+    let (code, location) = stale.get(&app, "/ui/runs").await;
+    assert_eq!(
+        (code, location.as_str()),
+        (303, "/ui/login?next=%2Fui%2Fruns")
+    );
+    assert!(
+        stale.cookies.iter().all(|(k, _)| k != "flotilla_session"),
+        "the stale cookie is cleared"
+    );
+}
