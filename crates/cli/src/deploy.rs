@@ -30,6 +30,8 @@ pub enum TargetArg {
     Argocd,
     /// GitHub Actions workflows.
     Ci,
+    /// A Helm chart (helm/<name>/) rendering the same objects as the Kustomize overlays.
+    Helm,
     /// Everything.
     All,
 }
@@ -114,6 +116,7 @@ pub fn run(command: DeployCommand) -> anyhow::Result<ExitCode> {
         TargetArg::Kubernetes => vec![Target::Kubernetes],
         TargetArg::Argocd => vec![Target::Argocd],
         TargetArg::Ci => vec![Target::Ci],
+        TargetArg::Helm => vec![Target::Helm],
         TargetArg::All => Target::ALL.to_vec(),
     };
     let dir = path

@@ -6,13 +6,14 @@
 //! copied configuration), never as values.
 
 use flotilla_spec::storage::Backend;
-use flotilla_spec::{Config, DeployConfig, Strategy};
+use flotilla_spec::{Config, DeployConfig, ManifestSource, Strategy};
 use serde_json::{Value, json};
 
 use crate::File;
 use crate::monitoring::Bundle;
 
 mod ci;
+mod helm;
 use ci::ci;
 
 /// What to generate.
@@ -26,15 +27,18 @@ pub enum Target {
     Argocd,
     /// GitHub Actions workflows.
     Ci,
+    /// A Helm chart rendering the same objects as the Kustomize overlays.
+    Helm,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Compose,
         Target::Kubernetes,
         Target::Argocd,
         Target::Ci,
+        Target::Helm,
     ];
 }
 
@@ -163,7 +167,7 @@ pub fn generate(
     } else {
         envs.to_vec()
     };
-    if targets.contains(&Target::Kubernetes)
+    if (targets.contains(&Target::Kubernetes) || targets.contains(&Target::Helm))
         && let Some(e) = sqlite_scaled(input.config)
     {
         return Err(e);
@@ -177,6 +181,9 @@ pub fn generate(
     }
     if targets.contains(&Target::Kubernetes) {
         files.extend(kubernetes(input, &envs)?);
+    }
+    if targets.contains(&Target::Helm) {
+        files.extend(helm::chart(input, &envs)?);
     }
     if targets.contains(&Target::Argocd) {
         for env in &envs {
@@ -347,7 +354,7 @@ fn compose(input: &Input<'_>) -> Result<Vec<File>, GenerateError> {
     ])
 }
 
-fn container(d: &DeployConfig) -> Value {
+fn container(d: &DeployConfig, k: &Knobs) -> Value {
     let mut env = vec![
         json!({"name": "FLOTILLA_SERVER__LISTEN", "value": format!("0.0.0.0:{PORT}")}),
         json!({"name": "FLOTILLA_FLAGS__FILE", "value": "/etc/flotilla/flags.yaml"}),
@@ -358,18 +365,18 @@ fn container(d: &DeployConfig) -> Value {
             json!({"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key}}}),
         );
     }
+    if let Some(environment) = &k.environment {
+        env.push(json!({"name": "FLOTILLA_ENV", "value": environment}));
+    }
     let probe = |path: &str, period: u32, failures: u32| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures});
     json!({
         "name": "flotilla",
-        "image": format!("{}:{}", d.image, d.tag),
+        "image": k.image,
         "imagePullPolicy": "IfNotPresent",
         "args": ["serve", "--config", "/etc/flotilla/flotilla.yaml"],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "env": env,
-        "resources": {
-            "requests": {"cpu": d.resources.requests.cpu, "memory": d.resources.requests.memory},
-            "limits": {"cpu": d.resources.limits.cpu, "memory": d.resources.limits.memory},
-        },
+        "resources": k.resources,
         "startupProbe": probe("/livez", 2, 30),
         // Liveness checks no dependency: a database outage must not restart every pod.
         "livenessProbe": probe("/livez", 10, 3),
@@ -394,11 +401,116 @@ fn container(d: &DeployConfig) -> Value {
     })
 }
 
+/// What differs between the environments' Kubernetes objects: the Kustomize base holds the
+/// defaults and each overlay patches them; a Helm chart reads them from its values.
+pub(crate) struct Knobs {
+    pub replicas: Value,
+    /// `image:tag`.
+    pub image: Value,
+    pub resources: Value,
+    pub autoscaling_min: Value,
+    pub autoscaling_max: Value,
+    pub host: Value,
+    /// Every object's labels (selectors keep the app's own).
+    pub labels: Value,
+    /// Every object's namespace (the base leaves it to the overlay).
+    pub namespace: Option<Value>,
+    /// `FLOTILLA_ENV` (the base has none).
+    pub environment: Option<Value>,
+    /// The Rollout's `spec.strategy`.
+    pub strategy: Value,
+}
+
+impl Knobs {
+    /// The base's: the `deploy:` section as written.
+    pub(crate) fn base(d: &DeployConfig) -> Knobs {
+        let r = &d.resources;
+        Knobs {
+            replicas: json!(d.replicas),
+            image: json!(format!("{}:{}", d.image, d.tag)),
+            resources: json!({
+                "requests": {"cpu": r.requests.cpu, "memory": r.requests.memory},
+                "limits": {"cpu": r.limits.cpu, "memory": r.limits.memory},
+            }),
+            autoscaling_min: json!(d.autoscaling.min),
+            autoscaling_max: json!(d.autoscaling.max),
+            host: json!(
+                d.domain
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.example.com", d.name))
+            ),
+            labels: labels(d),
+            namespace: None,
+            environment: None,
+            strategy: rollout_strategy(d, d.rollout.strategy),
+        }
+    }
+
+    /// An environment's: the base with its overrides, as its overlay renders.
+    pub(crate) fn environment(d: &DeployConfig, env: &str) -> Knobs {
+        let o = d.environments.get(env).cloned().unwrap_or_default();
+        let mut k = Knobs::base(d);
+        if let Some(r) = o.replicas {
+            k.replicas = json!(r);
+        }
+        if let Some(b) = o.autoscaling.filter(|_| d.autoscaling.enabled) {
+            k.autoscaling_min = json!(b.min);
+            k.autoscaling_max = json!(b.max);
+        }
+        if let Some(r) = &o.resources {
+            k.resources = json!({
+                "requests": {"cpu": r.requests.cpu, "memory": r.requests.memory},
+                "limits": {"cpu": r.limits.cpu, "memory": r.limits.memory},
+            });
+        }
+        k.image = json!(format!(
+            "{}:{}",
+            d.image,
+            o.tag.unwrap_or_else(|| d.tag.clone())
+        ));
+        k.host = json!(env_host(d, env));
+        k.labels["app.kubernetes.io/instance"] = json!(format!("{}-{env}", d.name));
+        k.labels["environment"] = json!(env);
+        k.namespace = Some(json!(format!("{}-{env}", d.namespace)));
+        k.environment = Some(json!(env));
+        k
+    }
+}
+
 fn kubernetes(input: &Input<'_>, envs: &[String]) -> Result<Vec<File>, GenerateError> {
+    let d = &input.config.deploy;
+    let canary = d.rollout.strategy != Strategy::Rolling;
+    let mut files = Vec::new();
+    let mut names = Vec::new();
+    for (file, docs) in objects(input, &Knobs::base(d))? {
+        names.push(file);
+        files.push(yaml(&format!("kubernetes/base/{file}"), &docs)?);
+    }
+    files.push(yaml(
+        "kubernetes/base/kustomization.yaml",
+        &[json!({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": names, "labels": [{"pairs": labels(d), "includeSelectors": false}]})],
+    )?);
+    for env in envs {
+        files.extend(overlay(d, env, canary)?);
+    }
+    Ok(files)
+}
+
+/// The Kubernetes objects, by file, with `k`'s values.
+pub(crate) fn objects(
+    input: &Input<'_>,
+    k: &Knobs,
+) -> Result<Vec<(&'static str, Vec<Value>)>, GenerateError> {
     let d = &input.config.deploy;
     let name = &d.name;
     let sel = labels(d);
-    let meta = |n: &str| json!({"name": n, "labels": sel});
+    let meta = |n: &str| {
+        let mut m = json!({"name": n, "labels": k.labels});
+        if let Some(ns) = &k.namespace {
+            m["namespace"] = ns.clone();
+        }
+        m
+    };
     // FNV-1a of the config and flags: a change to either rolls the pods.
     let checksum = {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -418,7 +530,7 @@ fn kubernetes(input: &Input<'_>, envs: &[String]) -> Result<Vec<File>, GenerateE
         "kind": "Deployment",
         "metadata": meta(name),
         "spec": {
-            "replicas": if canary { 0 } else { d.replicas },
+            "replicas": if canary { json!(0) } else { k.replicas.clone() },
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": sel},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
@@ -436,7 +548,7 @@ fn kubernetes(input: &Input<'_>, envs: &[String]) -> Result<Vec<File>, GenerateE
                         {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": sel}},
                         {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": sel}},
                     ],
-                    "containers": [container(d)],
+                    "containers": [container(d, k)],
                     "volumes": [
                         {"name": "config", "configMap": {"name": format!("{name}-config")}},
                         {"name": "data", "emptyDir": {}},
@@ -458,15 +570,11 @@ fn kubernetes(input: &Input<'_>, envs: &[String]) -> Result<Vec<File>, GenerateE
         services.push(service_named(&format!("{name}-canary")));
         services.push(service_named(&format!("{name}-preview")));
     }
-    let host = d
-        .domain
-        .clone()
-        .unwrap_or_else(|| format!("{name}.example.com"));
     let ingress = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta(name),
         "spec": {
             "ingressClassName": "nginx",
-            "rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": name, "port": {"name": "http"}}}}]}}],
+            "rules": [{"host": k.host, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": name, "port": {"name": "http"}}}}]}}],
         },
     });
     let mut cm_data = serde_json::Map::new();
@@ -486,7 +594,7 @@ fn kubernetes(input: &Input<'_>, envs: &[String]) -> Result<Vec<File>, GenerateE
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta(name),
         "spec": {
             "scaleTargetRef": target_ref,
-            "minReplicas": a.min, "maxReplicas": a.max,
+            "minReplicas": k.autoscaling_min, "maxReplicas": k.autoscaling_max,
             "metrics": [
                 {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.cpu_percent}}},
                 {"type": "Resource", "resource": {"name": "memory", "target": {"type": "Utilization", "averageUtilization": a.memory_percent}}},
@@ -535,30 +643,19 @@ fn kubernetes(input: &Input<'_>, envs: &[String]) -> Result<Vec<File>, GenerateE
         resources.push(("hpa.yaml", hpa));
     }
     if canary {
-        resources.push(("rollout.yaml", rollout(d)));
+        resources.push(("rollout.yaml", rollout(d, k, meta(name))));
         resources.push((
             "analysistemplates.yaml",
-            Value::Array(analysis_templates(d)),
+            Value::Array(analysis_templates(d, &meta)),
         ));
     }
-    let mut files = Vec::new();
-    let mut names = Vec::new();
-    for (file, doc) in resources {
-        names.push(file);
-        let docs = match doc {
-            Value::Array(docs) => docs,
-            one => vec![one],
-        };
-        files.push(yaml(&format!("kubernetes/base/{file}"), &docs)?);
-    }
-    files.push(yaml(
-        "kubernetes/base/kustomization.yaml",
-        &[json!({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": names, "labels": [{"pairs": sel, "includeSelectors": false}]})],
-    )?);
-    for env in envs {
-        files.extend(overlay(d, env, canary)?);
-    }
-    Ok(files)
+    Ok(resources
+        .into_iter()
+        .map(|(file, doc)| match doc {
+            Value::Array(docs) => (file, docs),
+            one => (file, vec![one]),
+        })
+        .collect())
 }
 
 fn overlay(d: &DeployConfig, env: &str, canary: bool) -> Result<Vec<File>, GenerateError> {
@@ -652,18 +749,18 @@ fn overlay(d: &DeployConfig, env: &str, canary: bool) -> Result<Vec<File>, Gener
     Ok(files)
 }
 
-fn rollout(d: &DeployConfig) -> Value {
+fn rollout(d: &DeployConfig, k: &Knobs, metadata: Value) -> Value {
     let name = &d.name;
     json!({
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Rollout",
-        "metadata": {"name": name, "labels": labels(d)},
+        "metadata": metadata,
         "spec": {
-            "replicas": d.replicas,
+            "replicas": k.replicas,
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": labels(d)},
             "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "scaleDown": "progressively"},
-            "strategy": rollout_strategy(d, d.rollout.strategy),
+            "strategy": k.strategy,
         },
     })
 }
@@ -764,14 +861,14 @@ pub fn analysis_queries(d: &DeployConfig) -> Vec<(String, String, String, String
     ]
 }
 
-fn analysis_templates(d: &DeployConfig) -> Vec<Value> {
+fn analysis_templates(d: &DeployConfig, meta: &dyn Fn(&str) -> Value) -> Vec<Value> {
     analysis_queries(d)
         .into_iter()
         .map(|(name, query, success, failure)| {
             json!({
                 "apiVersion": "argoproj.io/v1alpha1",
                 "kind": "AnalysisTemplate",
-                "metadata": {"name": name, "labels": labels(d)},
+                "metadata": meta(&name),
                 "spec": {
                     "args": [{"name": "service-name"}, {"name": "namespace"}, {"name": "canary-hash"}],
                     "metrics": [{
@@ -790,6 +887,30 @@ fn analysis_templates(d: &DeployConfig) -> Vec<Value> {
         .collect()
 }
 
+/// Where a generated tree sits in the repository ArgoCD syncs: `git.path` holds the
+/// `kubernetes/` tree; the chart is `helm/<name>` beside it.
+fn argocd_source(d: &DeployConfig, env: &str) -> Value {
+    let path = d.git.path.trim_end_matches('/');
+    match d.argocd.source {
+        ManifestSource::Kustomize => json!({
+            "repoURL": d.git.repo, "targetRevision": d.git.revision,
+            "path": format!("{path}/overlays/{env}"),
+        }),
+        ManifestSource::Helm => {
+            let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+            let chart = if parent.is_empty() {
+                format!("helm/{}", d.name)
+            } else {
+                format!("{parent}/helm/{}", d.name)
+            };
+            json!({
+                "repoURL": d.git.repo, "targetRevision": d.git.revision, "path": chart,
+                "helm": {"releaseName": d.name, "valueFiles": [format!("values-{env}.yaml")]},
+            })
+        }
+    }
+}
+
 fn argocd_application(d: &DeployConfig, env: &str) -> Value {
     json!({
         "apiVersion": "argoproj.io/v1alpha1",
@@ -797,7 +918,7 @@ fn argocd_application(d: &DeployConfig, env: &str) -> Value {
         "metadata": {"name": format!("{}-{env}", d.name), "namespace": "argocd", "labels": labels(d), "finalizers": ["resources-finalizer.argocd.argoproj.io"]},
         "spec": {
             "project": "default",
-            "source": {"repoURL": d.git.repo, "targetRevision": d.git.revision, "path": format!("{}/overlays/{env}", d.git.path.trim_end_matches('/'))},
+            "source": argocd_source(d, env),
             "destination": {"server": "https://kubernetes.default.svc", "namespace": format!("{}-{env}", d.namespace)},
             "syncPolicy": {
                 "automated": {"prune": true, "selfHeal": true},

@@ -143,3 +143,38 @@ fn pods_take_no_service_links_and_each_environment_has_its_host() {
         ));
     }
 }
+
+#[test]
+fn argocd_can_deploy_the_chart_with_each_environments_values() {
+    let text = examples::PRODUCTION.replacen(
+        "argocd: { source: kustomize }",
+        "argocd: { source: helm }",
+        1,
+    );
+    assert_ne!(text, examples::PRODUCTION);
+    let config = examples::config("production", &text);
+    let files = flotilla_deploy::generate::generate(
+        &flotilla_deploy::generate::Input {
+            config: &config,
+            config_text: &text,
+            flags_text: Some(examples::FLAGS),
+            agent_files: &[],
+        },
+        &[flotilla_deploy::generate::Target::Argocd],
+        &[],
+    )
+    .unwrap();
+    let staging = files
+        .iter()
+        .find(|f| f.path == "argocd/staging.yaml")
+        .unwrap();
+    let (app, _) =
+        flotilla_spec::yaml::parse("staging.yaml", &staging.contents, &|_| None).unwrap();
+    let source = &app["spec"]["source"];
+    assert_eq!(source["path"], "deploy/helm/flotilla", "{source}");
+    assert_eq!(
+        source["helm"]["valueFiles"][0], "values-staging.yaml",
+        "{source}"
+    );
+    assert_eq!(app["spec"]["destination"]["namespace"], "agents-staging");
+}

@@ -53,7 +53,9 @@ fn generated(which: &str) -> tempfile::TempDir {
     dir
 }
 
-/// Renders every overlay with `kubectl kustomize` into `rendered/<env>.yaml`.
+/// Renders every overlay with `kubectl kustomize` into `rendered/<env>.yaml`, and the Helm
+/// chart with each environment's values into `rendered/helm-<env>.yaml`, after checking
+/// that both give the same objects.
 fn render(dir: &Path) -> Vec<PathBuf> {
     let rendered = dir.join("rendered");
     std::fs::create_dir_all(&rendered).unwrap();
@@ -66,16 +68,75 @@ fn render(dir: &Path) -> Vec<PathBuf> {
         let text = run(Command::new("kubectl").arg("kustomize").arg(e.path()));
         assert!(text.contains("kind: Deployment"), "{env}: {text}");
         let file = rendered.join(format!("{env}.yaml"));
+        let chart = helm_template(dir, &env);
+        assert_eq!(
+            objects(&chart),
+            objects(&text),
+            "{env}: the chart and the overlay differ"
+        );
         std::fs::write(&file, text).unwrap();
+        out.push(file);
+        let file = rendered.join(format!("helm-{env}.yaml"));
+        std::fs::write(&file, chart).unwrap();
         out.push(file);
     }
     out.sort();
     out
 }
 
+/// `helm template` of the chart with `values-<env>.yaml`, in the overlay's namespace.
+fn helm_template(dir: &Path, env: &str) -> String {
+    let chart = dir.join("helm/flotilla");
+    run(Command::new("helm")
+        .args(["lint", "--strict"])
+        .arg(&chart)
+        .arg("-f")
+        .arg(chart.join(format!("values-{env}.yaml"))));
+    let out = Command::new("helm")
+        .args(["template", "flotilla"])
+        .arg(&chart)
+        .arg("-f")
+        .arg(chart.join(format!("values-{env}.yaml")))
+        .args(["--namespace", &format!("agents-{env}"), "--skip-tests"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The objects of a multi-document YAML stream, by kind and name.
+fn objects(text: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().chain(["---"]) {
+        if line == "---" {
+            docs.push(std::mem::take(&mut current));
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    let keep = |v: &str| Some(format!("${{{v}}}"));
+    docs.iter()
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        })
+        .map(|d| {
+            let (v, _) = flotilla_spec::yaml::parse("rendered", d, &keep).unwrap();
+            (format!("{}/{}", v["kind"], v["metadata"]["name"]), v)
+        })
+        .collect()
+}
+
 #[test]
-fn kubernetes_objects_pass_the_kubernetes_and_crd_schemas_and_overlays_render() {
-    if !(tool("kubectl") && tool("kubernetes-validate") && tool("node")) {
+fn kubernetes_objects_pass_the_kubernetes_and_crd_schemas_and_overlays_and_the_chart_render_alike()
+{
+    if !(tool("kubectl") && tool("helm") && tool("kubernetes-validate") && tool("node")) {
         return;
     }
     let modules =
@@ -90,8 +151,8 @@ fn kubernetes_objects_pass_the_kubernetes_and_crd_schemas_and_overlays_render() 
         let rendered = render(dir.path());
         assert_eq!(
             rendered.len(),
-            2,
-            "{which}: staging and production overlays"
+            4,
+            "{which}: staging and production, from the overlays and from the chart"
         );
         let mut files = yaml_files(&dir.path().join("kubernetes/base"));
         files.retain(|f| !f.ends_with("kustomization.yaml"));
@@ -162,10 +223,40 @@ fn compose_and_ci_files_pass_their_schemas_and_all_yaml_passes_yamllint() {
             .args(["--builtin-schema", "vendor.github-workflows"])
             .args(yaml_files(&dir.path().join("ci/.github/workflows"))));
         let mut files = yaml_files(dir.path());
-        // The copied flotilla.yaml and flags.yaml are the user's own files.
+        // The copied flotilla.yaml and flags.yaml are the user's own files; Helm templates
+        // are YAML only once rendered (helm lint checks them).
         files.retain(|f| !f.ends_with("flotilla.yaml") && !f.ends_with("flags.yaml"));
+        files.retain(|f| !f.components().any(|c| c.as_os_str() == "templates"));
         run(Command::new("yamllint")
             .args(["--strict", "-d", "{extends: default, rules: {line-length: disable, document-start: disable, indentation: {spaces: 2, indent-sequences: whatever}}}"])
             .args(&files));
+    }
+}
+
+#[test]
+fn the_chart_refuses_a_value_of_the_wrong_shape() {
+    if !tool("helm") {
+        return;
+    }
+    let dir = generated("production");
+    let chart = dir.path().join("helm/flotilla");
+    for (set, says) in [
+        ("replicas=three", "replicas"),
+        ("resources.limits.cpu=lots", "cpu"),
+        ("colour=blue", "colour"),
+    ] {
+        let out = Command::new("helm")
+            .args(["template", "flotilla"])
+            .arg(&chart)
+            .args(["--set-string", set])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set} was accepted");
+        assert!(
+            err.contains("values don't meet the specifications of the schema"),
+            "{set}: {err}"
+        );
+        assert!(err.contains(says), "{set}: {err}");
     }
 }

@@ -48,6 +48,9 @@ pub struct DeployConfig {
     /// Where ArgoCD finds the generated manifests.
     #[serde(default)]
     pub git: GitSource,
+    /// What the ArgoCD Applications deploy.
+    #[serde(default)]
+    pub argocd: ArgocdConfig,
     /// Prometheus that rollout analysis queries.
     #[serde(default = "default_prometheus")]
     pub prometheus_url: String,
@@ -71,6 +74,7 @@ impl Default for DeployConfig {
             rollout: RolloutConfig::default(),
             secrets: Vec::new(),
             git: GitSource::default(),
+            argocd: ArgocdConfig::default(),
             prometheus_url: default_prometheus(),
             environments: default_environments(),
         }
@@ -323,6 +327,26 @@ pub struct SecretRef {
     pub secret: String,
     /// The key within it.
     pub key: String,
+}
+
+/// What the ArgoCD Applications deploy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArgocdConfig {
+    /// The Kustomize overlay of the environment, or the Helm chart with its values file.
+    #[serde(default)]
+    pub source: ManifestSource,
+}
+
+/// Which generated tree an ArgoCD Application points at.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ManifestSource {
+    /// `<git.path>/overlays/<env>`.
+    #[default]
+    Kustomize,
+    /// `helm/<name>` beside `<git.path>`, with `values-<env>.yaml`.
+    Helm,
 }
 
 /// Git repository ArgoCD syncs from.
