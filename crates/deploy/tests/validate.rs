@@ -260,3 +260,31 @@ fn the_chart_refuses_a_value_of_the_wrong_shape() {
         assert!(err.contains(says), "{set}: {err}");
     }
 }
+
+#[test]
+fn the_chart_can_leave_out_the_prometheus_operator_objects() {
+    if !tool("helm") {
+        return;
+    }
+    let dir = generated("production");
+    let chart = dir.path().join("helm/flotilla");
+    let render = |extra: &[&str]| {
+        run(Command::new("helm")
+            .args(["template", "flotilla"])
+            .arg(&chart)
+            .args(extra))
+    };
+    let all = render(&[]);
+    assert!(all.contains("kind: PodMonitor") && all.contains("kind: PrometheusRule"));
+    let bare = render(&[
+        "--set",
+        "monitoring.podMonitor=false",
+        "--set",
+        "monitoring.prometheusRule=false",
+    ]);
+    assert!(
+        !bare.contains("kind: PodMonitor") && !bare.contains("kind: PrometheusRule"),
+        "{bare}"
+    );
+    assert!(bare.contains("kind: Deployment"));
+}

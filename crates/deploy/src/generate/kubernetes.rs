@@ -8,33 +8,42 @@ use super::{GenerateError, Input, PORT, env_host, labels, yaml};
 use crate::File;
 use crate::monitoring::Bundle;
 
-fn container(d: &DeployConfig, k: &Knobs) -> Value {
-    let mut env = vec![
-        json!({"name": "FLOTILLA_SERVER__LISTEN", "value": format!("0.0.0.0:{PORT}")}),
-        json!({"name": "FLOTILLA_FLAGS__FILE", "value": "/etc/flotilla/flags.yaml"}),
-        json!({"name": "FLOTILLA_ENGINE__REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
-    ];
-    for s in &d.secrets {
-        env.push(
-            json!({"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key}}}),
-        );
-    }
-    if let Some(environment) = &k.environment {
-        env.push(json!({"name": "FLOTILLA_ENV", "value": environment}));
-    }
+/// The environment every pod has; secrets and `FLOTILLA_ENV` follow.
+fn fixed_env() -> Value {
+    json!([
+        {"name": "FLOTILLA_SERVER__LISTEN", "value": format!("0.0.0.0:{PORT}")},
+        {"name": "FLOTILLA_FLAGS__FILE", "value": "/etc/flotilla/flags.yaml"},
+        {"name": "FLOTILLA_ENGINE__REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ])
+}
+
+/// `deploy.secrets` as environment variables taken from Secrets.
+fn secret_env(d: &DeployConfig) -> Value {
+    d.secrets
+        .iter()
+        .map(|s| json!({"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key}}}))
+        .collect()
+}
+
+/// The three probes: liveness checks no dependency (a database outage must not restart every
+/// pod); readiness carries the store.
+fn probes() -> Value {
     let probe = |path: &str, period: u32, failures: u32| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures});
+    json!({"startup": probe("/livez", 2, 30), "liveness": probe("/livez", 10, 3), "readiness": probe("/ready", 5, 3)})
+}
+
+fn container(k: &Knobs) -> Value {
     json!({
         "name": "flotilla",
         "image": k.image,
         "imagePullPolicy": "IfNotPresent",
         "args": ["serve", "--config", "/etc/flotilla/flotilla.yaml"],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        "env": env,
+        "env": k.env,
         "resources": k.resources,
-        "startupProbe": probe("/livez", 2, 30),
-        // Liveness checks no dependency: a database outage must not restart every pod.
-        "livenessProbe": probe("/livez", 10, 3),
-        "readinessProbe": probe("/ready", 5, 3),
+        "startupProbe": k.probes["startup"],
+        "livenessProbe": k.probes["liveness"],
+        "readinessProbe": k.probes["readiness"],
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
@@ -69,16 +78,61 @@ pub(crate) struct Knobs {
     pub labels: Value,
     /// Every object's namespace (the base leaves it to the overlay).
     pub namespace: Option<Value>,
+    /// The container's environment: the fixed variables, the secrets, `FLOTILLA_ENV`.
+    pub env: Value,
     /// `FLOTILLA_ENV` (the base has none).
     pub environment: Option<Value>,
+    /// Environment variables from Secrets.
+    pub secrets: Value,
+    /// `startup`, `liveness` and `readiness`.
+    pub probes: Value,
     /// The Rollout's `spec.strategy`.
     pub strategy: Value,
+    /// Each analysis metric's `successCondition` and `failureCondition`, by
+    /// [`ANALYSIS_KEYS`], and their `interval`.
+    pub analysis: Value,
+    /// `flotilla.yaml` and `flags.yaml` as mounted.
+    pub config: Value,
+    pub flags: Value,
+    /// Rolls the pods when the configuration or the flags change.
+    pub checksum: Value,
+}
+
+/// The analysis metrics' keys in values, in [`analysis_queries`] order.
+pub(crate) const ANALYSIS_KEYS: [&str; 3] = ["successRate", "latency", "workflowSuccessRate"];
+
+/// The first 16 hex digits of the SHA-256 of the configuration and the flags (what Helm's
+/// `print config flags | sha256sum | trunc 16` gives).
+fn checksum(config: &str, flags: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(config.as_bytes());
+    h.update(flags.as_bytes());
+    hex::encode(h.finalize())[..16].to_owned()
 }
 
 impl Knobs {
     /// The base's: the `deploy:` section as written.
-    pub(crate) fn base(d: &DeployConfig) -> Knobs {
+    pub(crate) fn base(input: &Input<'_>) -> Knobs {
+        let d = &input.config.deploy;
         let r = &d.resources;
+        let flags = input.flags_text.unwrap_or("{}\n");
+        let mut analysis = serde_json::Map::new();
+        for (key, (_, _, success, failure)) in ANALYSIS_KEYS.iter().zip(analysis_queries(d)) {
+            analysis.insert(
+                (*key).into(),
+                json!({"successCondition": success, "failureCondition": failure}),
+            );
+        }
+        analysis.insert(
+            "interval".into(),
+            json!(format!("{}s", d.rollout.analysis_interval.0.as_secs())),
+        );
+        let mut env = fixed_env();
+        let secrets = secret_env(d);
+        env.as_array_mut()
+            .into_iter()
+            .for_each(|e| e.extend(secrets.as_array().cloned().unwrap_or_default()));
         Knobs {
             replicas: json!(d.replicas),
             image: json!(format!("{}:{}", d.image, d.tag)),
@@ -95,15 +149,23 @@ impl Knobs {
             ),
             labels: labels(d),
             namespace: None,
+            env,
             environment: None,
+            secrets,
+            probes: probes(),
             strategy: rollout_strategy(d, d.rollout.strategy),
+            analysis: Value::Object(analysis),
+            config: json!(input.config_text),
+            flags: json!(flags),
+            checksum: json!(checksum(input.config_text, flags)),
         }
     }
 
     /// An environment's: the base with its overrides, as its overlay renders.
-    pub(crate) fn environment(d: &DeployConfig, env: &str) -> Knobs {
+    pub(crate) fn environment(input: &Input<'_>, env: &str) -> Knobs {
+        let d = &input.config.deploy;
         let o = d.environments.get(env).cloned().unwrap_or_default();
-        let mut k = Knobs::base(d);
+        let mut k = Knobs::base(input);
         if let Some(r) = o.replicas {
             k.replicas = json!(r);
         }
@@ -127,6 +189,9 @@ impl Knobs {
         k.labels["environment"] = json!(env);
         k.namespace = Some(json!(format!("{}-{env}", d.namespace)));
         k.environment = Some(json!(env));
+        if let Some(list) = k.env.as_array_mut() {
+            list.push(json!({"name": "FLOTILLA_ENV", "value": env}));
+        }
         k
     }
 }
@@ -136,7 +201,7 @@ pub(super) fn kubernetes(input: &Input<'_>, envs: &[String]) -> Result<Vec<File>
     let canary = d.rollout.strategy != Strategy::Rolling;
     let mut files = Vec::new();
     let mut names = Vec::new();
-    for (file, docs) in objects(input, &Knobs::base(d))? {
+    for (file, docs) in objects(input, &Knobs::base(input))? {
         names.push(file);
         files.push(yaml(&format!("kubernetes/base/{file}"), &docs)?);
     }
@@ -165,19 +230,6 @@ pub(crate) fn objects(
         }
         m
     };
-    // FNV-1a of the config and flags: a change to either rolls the pods.
-    let checksum = {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in input
-            .config_text
-            .bytes()
-            .chain(input.flags_text.unwrap_or("").bytes())
-        {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{h:016x}")
-    };
     let canary = d.rollout.strategy != Strategy::Rolling;
     let deployment = json!({
         "apiVersion": "apps/v1",
@@ -189,7 +241,7 @@ pub(crate) fn objects(
             "selector": {"matchLabels": sel},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": sel, "annotations": {"checksum/config": checksum, "prometheus.io/scrape": "true", "prometheus.io/port": PORT.to_string()}},
+                "metadata": {"labels": sel, "annotations": {"checksum/config": k.checksum, "prometheus.io/scrape": "true", "prometheus.io/port": PORT.to_string()}},
                 "spec": {
                     "serviceAccountName": name,
                     "automountServiceAccountToken": false,
@@ -202,7 +254,7 @@ pub(crate) fn objects(
                         {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": sel}},
                         {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": sel}},
                     ],
-                    "containers": [container(d, k)],
+                    "containers": [container(k)],
                     "volumes": [
                         {"name": "config", "configMap": {"name": format!("{name}-config")}},
                         {"name": "data", "emptyDir": {}},
@@ -232,11 +284,8 @@ pub(crate) fn objects(
         },
     });
     let mut cm_data = serde_json::Map::new();
-    cm_data.insert("flotilla.yaml".into(), json!(input.config_text));
-    cm_data.insert(
-        "flags.yaml".into(),
-        json!(input.flags_text.unwrap_or("{}\n")),
-    );
+    cm_data.insert("flotilla.yaml".into(), k.config.clone());
+    cm_data.insert("flags.yaml".into(), k.flags.clone());
     let configmap = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&format!("{name}-config")), "data": cm_data});
     let target_ref = if canary {
         json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": name})
@@ -300,7 +349,7 @@ pub(crate) fn objects(
         resources.push(("rollout.yaml", rollout(d, k, meta(name))));
         resources.push((
             "analysistemplates.yaml",
-            Value::Array(analysis_templates(d, &meta)),
+            Value::Array(analysis_templates(d, k, &meta)),
         ));
     }
     Ok(resources
@@ -515,10 +564,11 @@ pub fn analysis_queries(d: &DeployConfig) -> Vec<(String, String, String, String
     ]
 }
 
-fn analysis_templates(d: &DeployConfig, meta: &dyn Fn(&str) -> Value) -> Vec<Value> {
+fn analysis_templates(d: &DeployConfig, k: &Knobs, meta: &dyn Fn(&str) -> Value) -> Vec<Value> {
     analysis_queries(d)
         .into_iter()
-        .map(|(name, query, success, failure)| {
+        .zip(ANALYSIS_KEYS)
+        .map(|((name, query, _, _), key)| {
             json!({
                 "apiVersion": "argoproj.io/v1alpha1",
                 "kind": "AnalysisTemplate",
@@ -527,12 +577,12 @@ fn analysis_templates(d: &DeployConfig, meta: &dyn Fn(&str) -> Value) -> Vec<Val
                     "args": [{"name": "service-name"}, {"name": "namespace"}, {"name": "canary-hash"}],
                     "metrics": [{
                         "name": name,
-                        "interval": format!("{}s", d.rollout.analysis_interval.0.as_secs()),
+                        "interval": k.analysis["interval"],
                         "count": 5,
                         "failureLimit": 1,
                         "inconclusiveLimit": 2,
-                        "successCondition": success,
-                        "failureCondition": failure,
+                        "successCondition": k.analysis[key]["successCondition"],
+                        "failureCondition": k.analysis[key]["failureCondition"],
                         "provider": {"prometheus": {"address": d.prometheus_url, "query": query}},
                     }],
                 },
