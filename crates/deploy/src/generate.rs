@@ -288,8 +288,10 @@ fn compose(input: &Input<'_>) -> Result<Vec<File>, GenerateError> {
                 "volumes": ["./flotilla.yaml:/etc/flotilla/flotilla.yaml:ro", "./flags.yaml:/etc/flotilla/flags.yaml:ro"],
                 "tmpfs": ["/tmp", "/data"],
                 "depends_on": {"postgres": {"condition": "service_healthy"}},
+                // Liveness: the process serves, whatever the database does (`/ready` tells
+                // whether it can take work; nginx and the tests wait on that).
                 "healthcheck": {
-                    "test": ["CMD", "curl", "-fsS", format!("http://127.0.0.1:{PORT}/health")],
+                    "test": ["CMD", "curl", "-fsS", format!("http://127.0.0.1:{PORT}/livez")],
                     "interval": "10s", "timeout": "3s", "retries": 5, "start_period": "10s",
                 },
                 "restart": "unless-stopped",
@@ -307,7 +309,7 @@ fn compose(input: &Input<'_>) -> Result<Vec<File>, GenerateError> {
             "ports": [format!("${{HTTP_PORT:-{PORT}}}:80")],
             "volumes": ["./nginx.conf:/etc/nginx/conf.d/default.conf:ro"],
             "depends_on": healthy.clone(),
-            "healthcheck": {"test": ["CMD", "wget", "-qO-", "http://127.0.0.1/health"], "interval": "10s", "timeout": "3s", "retries": 5},
+            "healthcheck": {"test": ["CMD", "wget", "-qO-", "http://127.0.0.1/livez"], "interval": "10s", "timeout": "3s", "retries": 5},
             "restart": "unless-stopped",
         }),
     );

@@ -56,6 +56,8 @@ workflows:
     let (code, live) = app.get("/livez").await;
     assert_eq!(code, 200, "{live}");
     assert_eq!(live["status"], "alive");
+    // `/readyz`, which the generated readiness probes may use, says the same as `/ready`.
+    assert_eq!(app.get("/readyz").await.0, 503);
     let started = Instant::now();
     let (code, body) = app
         .post("/api/v1/workflows/steps3/runs", json!({"input": {}}))
@@ -76,6 +78,8 @@ workflows:
         assert!(Instant::now() < deadline, "readiness never came back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(app.get("/readyz").await.0, 200);
+    assert_eq!(app.get("/livez").await.0, 200);
     acked.push(app.start_run("steps3", json!({})).await);
     for id in &acked {
         let run = app.finished(id).await;
