@@ -1,7 +1,9 @@
 //! The `flotilla` binary: clap subcommands wiring the crates together.
 
+mod agents;
 mod backup;
 mod bench;
+mod client;
 mod deploy;
 mod flags;
 mod keys;
@@ -85,10 +87,16 @@ enum Command {
     },
     /// Offer load to a server (workflow runs, tasks or any route) and judge it by SLOs.
     Loadtest(Box<loadtest::LoadtestArgs>),
-    /// Operations on stored runs: move unfinished runs to the current definition.
+    /// Runs on a live server (list, get, watch, cancel, start), and moving stored runs to
+    /// the current definition.
     Runs {
         #[command(subcommand)]
         command: runs::RunsCommand,
+    },
+    /// The agents of a live server: health, circuit, load, latency.
+    Agents {
+        #[command(subcommand)]
+        command: agents::AgentsCommand,
     },
     /// Canary, blue-green and rolling updates through nginx, judged by Prometheus and rolled
     /// back on their own (off Kubernetes; there, Argo Rollouts runs what `deploy` writes).
@@ -141,6 +149,7 @@ fn main() -> ExitCode {
             Command::Deploy { command } => deploy::run(command),
             Command::Rollout { command } => rollout::run(command).await,
             Command::Runs { command } => runs::run(command).await,
+            Command::Agents { command } => agents::run(command).await,
             Command::Loadtest(args) => loadtest::loadtest(*args).await,
         };
         match result {

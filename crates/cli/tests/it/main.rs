@@ -7,6 +7,7 @@ mod artifacts;
 mod auth;
 mod backups;
 mod cli;
+mod client;
 mod console;
 mod docker;
 mod durability;

@@ -156,6 +156,9 @@ pub struct ListQuery {
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only runs created within this long: `15m`, `24h`, `7d` (humantime's syntax).
+    #[param(example = "24h")]
+    since: Option<String>,
 }
 
 /// A page of runs.
@@ -182,12 +185,27 @@ pub async fn list(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 500"));
     }
+    let created_from = match &q.since {
+        None => None,
+        Some(s) => {
+            let d = humantime::parse_duration(s).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid since `{s}`: use a duration such as 15m, 24h or 7d"
+                ))
+            })?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| t.as_millis());
+            Some(i64::try_from(now.saturating_sub(d.as_millis())).unwrap_or(0))
+        }
+    };
     let mut runs = engine
         .list(&RunQuery {
             workflow: q.workflow,
             status,
             limit,
             before: q.cursor,
+            created_from,
             ..Default::default()
         })
         .await?;
