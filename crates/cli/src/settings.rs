@@ -86,6 +86,9 @@ pub fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("error: {} problem(s) in the rollout section", diags.len());
                 return Ok(ExitCode::from(2));
             }
+            if let Some(code) = check_flag_file(&loaded) {
+                return Ok(code);
+            }
             println!(
                 "ok: {} ({} agents, {} workflows)",
                 loaded.files.join(" + "),
@@ -96,6 +99,43 @@ pub fn validate(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Ok(report(&e)),
     }
+}
+
+/// The flag file parses, and every `flag('name')` in the workflows names one of its flags;
+/// `Some(exit status)` when not.
+fn check_flag_file(loaded: &flotilla_spec::Loaded) -> Option<ExitCode> {
+    let file = loaded.config.flags.file.as_ref()?;
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: flags.file {file}: {e}");
+            return Some(ExitCode::from(2));
+        }
+    };
+    let environment = loaded
+        .config
+        .flags
+        .environment
+        .clone()
+        .unwrap_or_else(|| "development".into());
+    let diags = match flotilla_flags::FlagSet::parse(file, &text, &environment) {
+        Ok(set) => {
+            let known = set.list().iter().map(|f| f.name.clone()).collect();
+            flotilla_spec::check_flag_references(&loaded.config, &loaded.index, &known)
+                .into_iter()
+                .map(|d| d.to_string())
+                .collect()
+        }
+        Err(diags) => diags.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    if diags.is_empty() {
+        return None;
+    }
+    for d in &diags {
+        eprintln!("{d}");
+    }
+    eprintln!("error: {} problem(s) with flags", diags.len());
+    Some(ExitCode::from(2))
 }
 
 /// `flotilla config show`.

@@ -44,4 +44,4 @@ pub use interpolate::{InterpolationError, interpolate};
 pub use load::{Loaded, Loader, Source, overlay_path};
 pub use model::*;
 pub use units::{ByteSize, Dur};
-pub use validate::find_cycle;
+pub use validate::{check_flag_references, find_cycle, suggest};

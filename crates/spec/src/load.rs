@@ -61,6 +61,8 @@ pub struct Loaded {
     pub files: Vec<String>,
     /// Things worth telling the operator that are not errors.
     pub warnings: Vec<String>,
+    /// Where each setting came from, for diagnostics found after loading.
+    pub index: SpanIndex,
 }
 
 /// Variables that are about flotilla itself rather than settings.
@@ -154,6 +156,7 @@ impl Loader<'_> {
                 config,
                 files,
                 warnings,
+                index,
             }),
             _ => Err(SpecError::Invalid(diags)),
         }

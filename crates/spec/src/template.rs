@@ -143,6 +143,63 @@ pub fn check_value(value: &Value) -> std::result::Result<(), String> {
     }
 }
 
+/// The context paths a template string reads (`steps.plan.output.city`, `input.budget`),
+/// however it is written; empty when it does not parse (its syntax is checked apart).
+pub fn references(template: &str) -> Vec<String> {
+    if !is_template(template) {
+        return Vec::new();
+    }
+    let mut found: Vec<String> = match env().template_from_str(template) {
+        Ok(t) => t.undeclared_variables(true).into_iter().collect(),
+        Err(_) => Vec::new(),
+    };
+    found.sort();
+    found
+}
+
+/// The context paths a condition reads.
+pub fn expression_references(expr: &str) -> Vec<String> {
+    let mut found: Vec<String> = match env().compile_expression(expr) {
+        Ok(e) => e.undeclared_variables(true).into_iter().collect(),
+        Err(_) => Vec::new(),
+    };
+    found.sort();
+    found
+}
+
+/// The context paths every template string inside a JSON value reads.
+pub fn value_references(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => references(s),
+        Value::Array(items) => items.iter().flat_map(value_references).collect(),
+        Value::Object(map) => map.values().flat_map(value_references).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The flags a template or condition asks for by name: `flag('beta')`, `flag("beta")`.
+pub fn flag_names(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("flag(") {
+        let preceded = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        rest = &rest[at + 5..];
+        let arg = rest.trim_start();
+        let Some(quote) = arg.chars().next().filter(|c| *c == '\'' || *c == '"') else {
+            continue;
+        };
+        if let Some(end) = arg[1..].find(quote)
+            && !preceded
+        {
+            out.push(arg[1..1 + end].to_owned());
+        }
+    }
+    out
+}
+
 fn describe(e: &minijinja::Error) -> String {
     if e.kind() == minijinja::ErrorKind::OutOfFuel {
         return format!(
@@ -157,6 +214,46 @@ fn describe(e: &minijinja::Error) -> String {
 
 fn template_error(e: minijinja::Error) -> SpecError {
     SpecError::Template(describe(&e))
+}
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn references_are_found_in_templates_values_and_conditions() {
+        assert_eq!(
+            references("{{ steps.plan.output.city }} in {{ input.days }} days"),
+            ["input.days", "steps.plan.output.city"]
+        );
+        assert_eq!(references("plain text"), Vec::<String>::new());
+        assert_eq!(
+            expression_references("input.budget > 1000 and steps.a.output.ok"),
+            ["input.budget", "steps.a.output.ok"]
+        );
+        assert_eq!(
+            value_references(&json!({"a": ["{{ steps.x.output }}"], "b": 3})),
+            ["steps.x.output"]
+        );
+        // A loop's own variable is not a reference.
+        assert_eq!(
+            references("{% for d in input.days %}{{ d }}{% endfor %}"),
+            ["input.days"]
+        );
+    }
+
+    #[test]
+    fn flag_names_are_read_from_calls() {
+        assert_eq!(
+            flag_names("flag('beta') and not flag(\"gamma\")"),
+            ["beta", "gamma"]
+        );
+        assert_eq!(
+            flag_names("myflag('x') or flag(name)"),
+            Vec::<String>::new()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ mod prometheus;
 mod promises;
 mod real_llm;
 mod redis_cache;
+mod references;
 mod replicas;
 mod rollout;
 mod schemathesis;
