@@ -32,3 +32,4 @@ mod secrets;
 mod tls;
 mod tracing;
 mod upgrades;
+mod walkthrough;
