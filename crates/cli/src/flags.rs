@@ -21,8 +21,10 @@ pub enum FlagsCommand {
         #[arg(long)]
         file: Option<PathBuf>,
     },
-    /// Evaluate one flag for a context and print `{"flag","value","reason","variant"}`;
-    /// exit status 0 when on, 1 when off, 2 when there is no such flag.
+    /// Evaluate one flag for a context and print `{"flag","value","reason","variant"}`.
+    ///
+    /// Exit status: 0 on, 1 off, 2 no such flag or a malformed --context. A percentage flag
+    /// evaluated without `user_id` or `session_id` is off (reason DEFAULT), every time.
     Eval {
         /// The flag.
         name: String,
@@ -90,7 +92,8 @@ pub fn run(command: FlagsCommand) -> anyhow::Result<ExitCode> {
             let mut pairs = Vec::new();
             for c in &context {
                 let Some((k, v)) = c.split_once('=') else {
-                    bail!("--context `{c}` is not KEY=VALUE");
+                    eprintln!("error: --context `{c}` is not KEY=VALUE");
+                    return Ok(ExitCode::from(2));
                 };
                 pairs.push((k.trim(), v.trim()));
             }
@@ -102,9 +105,14 @@ pub fn run(command: FlagsCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("error: no flag named `{name}`");
                 return Ok(ExitCode::from(2));
             };
+            // The variant as OFREP names it: the flag's variant, else `on` or `off`.
+            let variant = e
+                .variant
+                .clone()
+                .unwrap_or_else(|| if e.enabled { "on" } else { "off" }.into());
             println!(
                 "{}",
-                json!({"flag": name, "value": e.enabled, "reason": e.reason, "variant": e.variant})
+                json!({"flag": name, "value": e.enabled, "reason": e.reason, "variant": variant})
             );
             Ok(if e.enabled {
                 ExitCode::SUCCESS

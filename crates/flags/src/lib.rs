@@ -205,6 +205,17 @@ impl FlagSet {
         } else {
             &ctx.inner
         };
+        // A percentage rollout hashes a targeting key; without one, Unleash would draw at
+        // random on each call. The answer is off instead, the same every time (OFREP
+        // refuses such a request with TARGETING_KEY_MISSING before it gets here).
+        if kind == Kind::Split && on_at_all && !ctx.has_targeting_key() {
+            self.engine.resolve(name, c, &None)?;
+            return Some(Evaluation {
+                enabled: false,
+                variant: None,
+                reason: Reason::Default,
+            });
+        }
         let resolved = self.engine.resolve(name, c, &None)?;
         let enabled = resolved.enabled;
         let variant = resolved

@@ -126,6 +126,28 @@ fn percentages_are_sticky_well_distributed_and_only_grow() {
 }
 
 #[test]
+fn a_percentage_without_a_targeting_key_is_off_every_time() {
+    let flags = FlagSet::parse(
+        "flags.yaml",
+        "rollout:\n  enabled: true\n  percentage: 50\n",
+        "production",
+    )
+    .unwrap();
+    let answers: Vec<_> = (0..200)
+        .map(|_| flags.evaluate("rollout", &ctx(&[("plan", "pro")])))
+        .collect();
+    assert!(answers.iter().all(|e| {
+        e.as_ref()
+            .is_some_and(|e| !e.enabled && e.reason == flotilla_flags::Reason::Default)
+    }));
+    // With a key, the rollout decides.
+    let on = (0..200)
+        .filter(|i| flags.is_enabled("rollout", &ctx(&[("user_id", &format!("u{i}"))])))
+        .count();
+    assert!((50..150).contains(&on), "{on} of 200 on");
+}
+
+#[test]
 fn a_flag_on_for_everyone_is_static() {
     let flags = FlagSet::parse("flags.yaml", "everyone:\n  enabled: true\n", "production").unwrap();
     let e = flags.evaluate("everyone", &ctx(&[])).unwrap();

@@ -294,7 +294,7 @@ fn the_cli_lists_and_evaluates() {
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         v,
-        json!({"flag": "gold_tier", "value": true, "reason": "TARGETING_MATCH", "variant": null})
+        json!({"flag": "gold_tier", "value": true, "reason": "TARGETING_MATCH", "variant": "on"})
     );
     let (code, _, _) = flotilla(
         dir.path(),
@@ -313,6 +313,17 @@ fn the_cli_lists_and_evaluates() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("no flag named `ghost`"));
+    let (code, _, err) = flotilla(
+        dir.path(),
+        &[
+            &["flags", "eval", "gold_tier", "--context", "tier"][..],
+            &cfg,
+        ]
+        .concat(),
+        &[],
+    );
+    assert_eq!(code, 2, "a malformed context is a usage error, not `off`");
+    assert!(err.contains("is not KEY=VALUE"), "{err}");
 }
 
 /// OpenFeature's Python SDK with its OFREP provider (PyPI, installed by `scripts/test`)
