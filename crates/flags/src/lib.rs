@@ -139,6 +139,8 @@ pub struct FlagSet {
     engine: EngineState,
     /// How each flag decides, and whether it is switched on at all.
     kinds: HashMap<String, (Kind, bool)>,
+    /// Percentage flags that hash `user_id` or `session_id` (see [`parse::Parsed::keyed`]).
+    keyed: std::collections::HashSet<String>,
     info: Vec<FlagInfo>,
     environment: String,
     /// SHA-256 of the file's bytes: changes exactly when the flags may.
@@ -160,6 +162,7 @@ impl FlagSet {
         FlagSet {
             engine: EngineState::default(),
             kinds: HashMap::new(),
+            keyed: Default::default(),
             info: Vec::new(),
             environment: environment.to_owned(),
             digest: String::new(),
@@ -183,6 +186,7 @@ impl FlagSet {
         Ok(FlagSet {
             engine,
             kinds,
+            keyed: parsed.keyed.into_iter().collect(),
             info: parsed.info,
             environment: environment.to_owned(),
             digest: hex::encode(Sha256::digest(text.as_bytes())),
@@ -208,7 +212,7 @@ impl FlagSet {
         // A percentage rollout hashes a targeting key; without one, Unleash would draw at
         // random on each call. The answer is off instead, the same every time (OFREP
         // refuses such a request with TARGETING_KEY_MISSING before it gets here).
-        if kind == Kind::Split && on_at_all && !ctx.has_targeting_key() {
+        if on_at_all && self.keyed.contains(name) && !ctx.has_targeting_key() {
             self.engine.resolve(name, c, &None)?;
             return Some(Evaluation {
                 enabled: false,

@@ -1,7 +1,7 @@
 //! Flag files: the seed's readable `flags.yaml`, or an Unleash client-features document,
 //! both compiled to Unleash's model so one engine evaluates them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_spec::Diagnostic;
 use flotilla_spec::yaml::{self, SpanIndex};
@@ -217,6 +217,9 @@ pub struct Parsed {
     pub state: UpdateMessage,
     /// How each flag decides.
     pub kinds: BTreeMap<String, Kind>,
+    /// Seed-format percentage flags with the default stickiness: they hash `user_id` or
+    /// `session_id`, and Unleash draws at random when both are missing.
+    pub keyed: BTreeSet<String>,
     /// For listings.
     pub info: Vec<FlagInfo>,
 }
@@ -243,6 +246,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, Vec<Diagnostic>> {
     }
     let mut features = Vec::new();
     let mut kinds = BTreeMap::new();
+    let mut keyed = BTreeSet::new();
     let mut info = Vec::new();
     let mut problems = Vec::new();
     for (name, body) in map {
@@ -309,6 +313,9 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, Vec<Diagnostic>> {
                 "constraints": constraints,
             }],
         }));
+        if kind == Kind::Split && flag.stickiness.is_none() {
+            keyed.insert(name.clone());
+        }
         kinds.insert(name.clone(), kind);
         info.push(FlagInfo {
             name: name.clone(),
@@ -329,6 +336,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, Vec<Diagnostic>> {
     Ok(Parsed {
         state: UpdateMessage::FullResponse(features),
         kinds,
+        keyed,
         info,
     })
 }
@@ -385,5 +393,10 @@ fn unleash(file: &str, index: &SpanIndex, value: Value) -> Result<Parsed, Vec<Di
             });
         }
     }
-    Ok(Parsed { state, kinds, info })
+    Ok(Parsed {
+        state,
+        kinds,
+        keyed: BTreeSet::new(),
+        info,
+    })
 }
