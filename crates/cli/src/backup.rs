@@ -15,6 +15,9 @@ pub struct BackupArgs {
     /// Where to write the backup (SQLite: a database file; PostgreSQL: a pg_dump archive).
     #[arg(long, short = 'o')]
     output: PathBuf,
+    /// Replace the file at --output if there is one.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -38,6 +41,17 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(settings::report(&e)),
     };
     let url = &loaded.config.storage.url;
+    if args.output.exists() {
+        if !args.force {
+            eprintln!(
+                "error: {} exists; pass --force to replace it",
+                args.output.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+        std::fs::remove_file(&args.output)
+            .with_context(|| format!("removing {}", args.output.display()))?;
+    }
     flotilla_store::backup::backup(url, &args.output)
         .await
         .with_context(|| {

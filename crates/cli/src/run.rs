@@ -17,7 +17,7 @@ use crate::settings::{self, ConfigArgs};
 pub struct RunArgs {
     /// Workflow name.
     workflow: String,
-    /// Input JSON (`@file.json` reads a file).
+    /// Input JSON (`@file.json` reads a file, `-` reads stdin).
     #[arg(long, short = 'i', default_value = "{}")]
     input: String,
     #[command(flatten)]
@@ -33,16 +33,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(l) => l,
         Err(e) => return Ok(settings::report(&e)),
     };
-    let text = match args.input.strip_prefix('@') {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading input file {path}"))?
-        }
-        None => args.input.clone(),
+    let input = match crate::client::read_input(&args.input) {
+        Ok(v) => v,
+        Err(f) => return Ok(f.report()),
     };
-    let input: serde_json::Value =
-        serde_json::from_str(&text).context("--input is not valid JSON")?;
     let config = Arc::new(loaded.config);
-    let store = crate::serve::open_store(&config).await?;
+    let store = crate::serve::open_store(&config).await.map_err(|e| {
+        // SQLite is one process's: a running server holds it.
+        if format!("{e:#}").contains("in use by another") {
+            e.context("a server is using this database: stop it, or run the workflow on it with `flotilla runs start WORKFLOW --wait 5m`, or point this run at another store with FLOTILLA_STORAGE__URL")
+        } else {
+            e
+        }
+    })?;
     store.migrate().await.context("applying migrations")?;
     let engine = Engine::start(config, store, Arc::new(Metrics::new()))
         .await

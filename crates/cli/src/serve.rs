@@ -21,7 +21,8 @@ use crate::settings::{self, ConfigArgs};
 pub struct ServeArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Address to listen on (overrides server.listen); port 0 picks a free port.
+    /// Address to listen on (overrides server.listen): `127.0.0.1:8080`, `localhost:8080`, or
+    /// `:8080` for every address; port 0 picks a free port.
     #[arg(long)]
     listen: Option<String>,
 }
@@ -80,7 +81,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .map(|l| {
             (
                 "server.listen".to_owned(),
-                serde_json::Value::String(l.clone()),
+                // `:8080` is every address, as Go and many servers read it.
+                serde_json::Value::String(match l.strip_prefix(':') {
+                    Some(port) => format!("0.0.0.0:{port}"),
+                    None => l.clone(),
+                }),
                 "--listen".to_owned(),
             )
         })

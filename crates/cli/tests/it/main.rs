@@ -18,6 +18,7 @@ mod hostile;
 mod llm;
 mod loadtest;
 mod mlflow;
+mod newcomer;
 mod outage;
 mod pg;
 mod prometheus;

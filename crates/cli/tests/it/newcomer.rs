@@ -1,0 +1,112 @@
+//! What a newcomer trips on, each held to a test: `--listen :PORT`, `--input -`, a clear
+//! word when a server holds the database, `backup` that does not overwrite by surprise.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use crate::app::{BIN, flotilla, spawn_app};
+
+const CONFIG: &str = "agents: { echo: { kind: builtin, builtin: echo } }\nworkflows: { hello: { steps: [ { id: a, agent: echo } ] } }\n";
+
+#[tokio::test]
+async fn run_reads_stdin_and_says_what_to_do_when_a_server_holds_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flotilla.yaml"),
+        format!("storage: {{ url: \"sqlite://db.sqlite\" }}\n{CONFIG}"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "hello", "--input", "-", "--config", "flotilla.yaml"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"word": "from stdin"}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from stdin"));
+    // A server on the same SQLite file: `run` cannot have it, and says what to do instead.
+    let server = spawn_app(CONFIG).await;
+    let db = server.dir.path().join("flotilla.db");
+    std::fs::write(
+        dir.path().join("held.yaml"),
+        format!(
+            "storage: {{ url: \"sqlite://{}\" }}\n{CONFIG}",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = flotilla(dir.path(), &["run", "hello", "--config", "held.yaml"], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("a server is using this database") && err.contains("flotilla runs start"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_listens_on_every_address_with_a_bare_port() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flotilla.yaml"),
+        format!("storage: {{ url: \"sqlite://db.sqlite\" }}\n{CONFIG}"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "flotilla.yaml", "--listen", ":0"])
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .take(200)
+        .find(|l| l.contains("listening on"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("serve logs its address");
+    assert!(line.contains("listening on 0.0.0.0:"), "{line}");
+}
+
+#[tokio::test]
+async fn backup_does_not_replace_a_file_unless_told_to() {
+    let app = spawn_app(CONFIG).await;
+    let dir = app.dir.path();
+    let config = app.config.display().to_string();
+    std::fs::write(dir.join("backup.db"), "precious").unwrap();
+    let (code, _, err) = flotilla(
+        dir,
+        &["backup", "--output", "backup.db", "--config", &config],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("backup.db exists; pass --force"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("backup.db")).unwrap(),
+        "precious"
+    );
+    let (code, _, err) = flotilla(
+        dir,
+        &[
+            "backup",
+            "--output",
+            "backup.db",
+            "--force",
+            "--config",
+            &config,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(std::fs::read(dir.join("backup.db")).unwrap(), b"precious");
+}
