@@ -22,7 +22,7 @@ pub struct GenerateArgs {
     #[arg(long, short)]
     output: PathBuf,
     /// A flotilla instance to scrape, `host:port`; repeat for several.
-    #[arg(long = "target", default_value = "localhost:8080")]
+    #[arg(long = "scrape", default_value = "localhost:8080")]
     targets: Vec<String>,
     /// Prometheus scrape and rule evaluation interval.
     #[arg(long, default_value = "15s")]

@@ -42,12 +42,12 @@ pub enum WriteError {
     #[error("{0} is not empty; pass --force to overwrite what is there")]
     NotEmpty(PathBuf),
     /// The file system refused.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Io {
         /// The path.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause, told in the message (not as a source, which would tell it twice).
+        cause: std::io::Error,
     },
 }
 
@@ -56,7 +56,7 @@ pub enum WriteError {
 pub fn write_files(dir: &Path, files: &[File], force: bool) -> Result<(), WriteError> {
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |source| WriteError::Io { path, source }
+        move |cause| WriteError::Io { path, cause }
     };
     if !force
         && let Ok(mut entries) = std::fs::read_dir(dir)

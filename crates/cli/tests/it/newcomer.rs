@@ -110,3 +110,48 @@ async fn backup_does_not_replace_a_file_unless_told_to() {
     assert_eq!(code, 0, "{err}");
     assert_ne!(std::fs::read(dir.join("backup.db")).unwrap(), b"precious");
 }
+
+#[test]
+fn errors_are_told_once_and_target_means_one_thing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("afile"), "").unwrap();
+    let (code, _, err) = flotilla(
+        dir.path(),
+        &["monitoring", "generate", "--output", "afile"],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert_eq!(err.matches("File exists").count(), 1, "{err}");
+    // `--target` is what deploy generates and what loadtest loads; monitoring scrapes.
+    let (code, _, _) = flotilla(
+        dir.path(),
+        &[
+            "monitoring",
+            "generate",
+            "--output",
+            "mon",
+            "--target",
+            "h:1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    let (code, _, err) = flotilla(
+        dir.path(),
+        &[
+            "monitoring",
+            "generate",
+            "--output",
+            "mon",
+            "--scrape",
+            "h:1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::read_to_string(dir.path().join("mon/prometheus.yml"))
+            .unwrap()
+            .contains("h:1")
+    );
+}

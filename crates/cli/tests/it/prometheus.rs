@@ -143,7 +143,7 @@ workflows:
             "generate",
             "--output",
             out.to_str().unwrap(),
-            "--target",
+            "--scrape",
             &target,
             "--scrape-interval",
             "1s",
