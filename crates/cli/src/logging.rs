@@ -88,6 +88,23 @@ fn tracer_provider(config: &Config) -> anyhow::Result<(SdkTracerProvider, Option
     Ok((builder.build(), endpoint))
 }
 
+/// Logs of a command that is not a server (`flotilla run`): none unless `LOG_LEVEL` (or
+/// `RUST_LOG`) asks, then readable lines on stderr, coloured only on a terminal.
+pub fn init_for_command() -> anyhow::Result<()> {
+    let Ok(level) = std::env::var("LOG_LEVEL").or_else(|_| std::env::var("RUST_LOG")) else {
+        return Ok(());
+    };
+    let filter = EnvFilter::try_new(&level).with_context(|| {
+        format!("invalid LOG_LEVEL `{level}` (try info, or flotilla_engine=debug,info)")
+    })?;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter)
+        .try_init();
+    Ok(())
+}
+
 /// Installs the global subscriber: stderr (and file) logs plus OpenTelemetry spans.
 pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let cfg = &config.logging;
@@ -114,6 +131,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let stderr = if format == "pretty" {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_filter(filter(&level)?)
             .boxed()
     } else {

@@ -33,6 +33,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(l) => l,
         Err(e) => return Ok(settings::report(&e)),
     };
+    crate::logging::init_for_command()?;
     let input = match crate::client::read_input(&args.input) {
         Ok(v) => v,
         Err(f) => return Ok(f.report()),

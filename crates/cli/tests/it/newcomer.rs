@@ -155,3 +155,32 @@ fn errors_are_told_once_and_target_means_one_thing() {
             .contains("h:1")
     );
 }
+
+#[test]
+fn run_logs_as_log_level_asks_without_colour_in_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flotilla.yaml"),
+        format!("storage: {{ url: \"sqlite://db.sqlite\" }}\n{CONFIG}"),
+    )
+    .unwrap();
+    let (code, _, quiet) = flotilla(
+        dir.path(),
+        &["run", "hello", "--config", "flotilla.yaml"],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(!quiet.contains("migration"), "{quiet}");
+    std::fs::remove_file(dir.path().join("db.sqlite")).unwrap();
+    let (code, _, err) = flotilla(
+        dir.path(),
+        &["run", "hello", "--config", "flotilla.yaml"],
+        &[("LOG_LEVEL", "info")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("applied sqlite migration"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no ANSI colour when stderr is not a terminal: {err}"
+    );
+}
