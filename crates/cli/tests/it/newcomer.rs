@@ -164,12 +164,15 @@ fn run_logs_as_log_level_asks_without_colour_in_a_pipe() {
         format!("storage: {{ url: \"sqlite://db.sqlite\" }}\n{CONFIG}"),
     )
     .unwrap();
-    let (code, _, quiet) = flotilla(
-        dir.path(),
-        &["run", "hello", "--config", "flotilla.yaml"],
-        &[],
-    );
-    assert_eq!(code, 0);
+    let out = Command::new(BIN)
+        .args(["run", "hello", "--config", "flotilla.yaml"])
+        .current_dir(dir.path())
+        .env_remove("LOG_LEVEL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let quiet = String::from_utf8_lossy(&out.stderr);
     assert!(!quiet.contains("migration"), "{quiet}");
     std::fs::remove_file(dir.path().join("db.sqlite")).unwrap();
     let (code, _, err) = flotilla(
