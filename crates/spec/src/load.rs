@@ -137,14 +137,31 @@ impl Loader<'_> {
         for (path, v, flag) in self.flags {
             overrides.push((path, v, Origin::Flag(flag)));
         }
-        for (path, v, origin) in overrides {
-            set_path(&mut value, &path, v);
-            index.insert(path, origin);
+        let layered = value.clone();
+        for (path, v, origin) in &overrides {
+            set_path(&mut value, path, v.clone());
+            index.insert(path.clone(), origin.clone());
         }
         if !diags.is_empty() {
             return Err(SpecError::Invalid(diags));
         }
         let mut config = deserialize(value, &index, &mut diags);
+        if config.is_none() {
+            // Deserializing stops at the first error: try each override on its own too, so
+            // that every bad variable or flag is reported, not only the first.
+            for (path, v, origin) in &overrides {
+                let mut alone = layered.clone();
+                set_path(&mut alone, path, v.clone());
+                let mut found = Vec::new();
+                deserialize(alone, &index, &mut found);
+                for d in found {
+                    let from_it = d.origin.as_ref() == Some(origin);
+                    if from_it && !diags.iter().any(|e| e.message == d.message) {
+                        diags.push(d);
+                    }
+                }
+            }
+        }
         if let Some(config) = &mut config {
             diags.extend(validate(config, &index));
             if config.flags.environment.is_none() {

@@ -187,3 +187,26 @@ fn run_logs_as_log_level_asks_without_colour_in_a_pipe() {
         "no ANSI colour when stderr is not a terminal: {err}"
     );
 }
+
+#[test]
+fn every_bad_setting_variable_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = flotilla(
+        dir.path(),
+        &["validate"],
+        &[
+            ("FLOTILLA_SERVER__BODY_LIMIT", "lots"),
+            ("FLOTILLA_ENGINE__MAX_CONCURRENCY", "many"),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("env FLOTILLA_SERVER__BODY_LIMIT: server.body_limit"),
+        "{err}"
+    );
+    assert!(
+        err.contains("env FLOTILLA_ENGINE__MAX_CONCURRENCY: engine.max_concurrency"),
+        "{err}"
+    );
+    assert!(err.contains("2 problems"), "{err}");
+}
