@@ -121,6 +121,9 @@ impl Engine {
                 metrics.budget("agent", name, usd);
             }
         }
+        for name in config.workflows.keys() {
+            metrics.prime_workflow(name);
+        }
         for (name, wf) in &config.workflows {
             if let Some(usd) = wf.budget.and_then(|b| b.usd) {
                 metrics.budget("workflow", name, usd);

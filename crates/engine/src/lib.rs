@@ -29,6 +29,7 @@ mod engine;
 mod error;
 pub mod metrics;
 pub mod mlflow;
+mod process_metrics;
 mod run;
 mod shared;
 mod task;

@@ -182,6 +182,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+fn agent_histogram() -> Histogram {
+    // 1 ms … ~8.7 min: an LLM call may take minutes.
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
 fn run_histogram() -> Histogram {
     // 5 ms … ~5.7 h.
     Histogram::new(exponential_buckets(0.005, 3.0, 14))
@@ -251,6 +256,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Creates a workflow's run counters at 0, one per final status, so that they are there
+    /// (and `rate()` works) before the first run ends.
+    pub fn prime_workflow(&self, workflow: &str) {
+        for status in ["succeeded", "failed", "cancelled", "timed_out"] {
+            drop(self.workflow_runs.get_or_create(&WorkflowStatusLabels {
+                workflow: workflow.to_owned(),
+                status: status.into(),
+            }));
+        }
+    }
+
     /// Registers the catalogue.
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
@@ -259,7 +275,7 @@ impl Metrics {
             http_duration: Family::new_with_constructor(latency_histogram),
             agent_tasks: Family::default(),
             agent_in_progress: Family::default(),
-            agent_duration: Family::new_with_constructor(latency_histogram),
+            agent_duration: Family::new_with_constructor(agent_histogram),
             batch_tasks: Family::default(),
             agent_health: Family::default(),
             queue_length: Gauge::default(),
@@ -426,6 +442,7 @@ impl Metrics {
             })
             .set(1);
         r.register("flotilla_build_info", "Build information", build);
+        r.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         Metrics { registry, ..m }
     }
 

@@ -69,9 +69,33 @@ async fn health_ready_version_openapi_and_metrics() {
         "agent_queue_length",
         "circuit_breaker_state",
         "flotilla_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
+    assert!(metric(&text, "process_resident_memory_bytes", &[]) > 1.0e6);
+    // Every agent's latency histogram reaches minutes (LLM calls), and counters exist at 0
+    // before anything happened.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("agent_task_duration_seconds_bucket")
+                && l.contains("le=\"524.288\"")
+                && l.contains("agent=\"echo\"")),
+        "agent latency buckets reach minutes"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "workflow_runs_total",
+            &[("workflow", "greet"), ("status", "failed")]
+        ),
+        0.0,
+        "run counters exist at 0 from the start"
+    );
     assert_eq!(
         metric(&text, "agent_health_status", &[("agent_id", "echo")]),
         1.0
