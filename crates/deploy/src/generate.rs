@@ -142,6 +142,29 @@ fn yaml(path: &str, docs: &[Value]) -> Result<File, GenerateError> {
     Ok(File::new(path, out))
 }
 
+/// Where the alerts' runbook links point: `deploy.runbook_base`, else the `runbooks/` this
+/// generation writes, in the repository ArgoCD syncs, at its revision.
+fn runbook_base(d: &DeployConfig) -> String {
+    if let Some(base) = &d.runbook_base {
+        return base.trim_end_matches('/').to_owned();
+    }
+    let repo = d.git.repo.trim_end_matches('/').trim_end_matches(".git");
+    let tree = d.git.path.trim_end_matches('/');
+    let beside = tree
+        .rsplit_once('/')
+        .map_or(String::new(), |(p, _)| format!("{p}/"));
+    format!("{repo}/blob/{}/{beside}runbooks", d.git.revision)
+}
+
+/// The runbooks, written beside the manifests so that the alerts' links resolve.
+fn runbook_files() -> Vec<File> {
+    Bundle::default()
+        .files()
+        .into_iter()
+        .filter(|f| f.path.starts_with("runbooks/"))
+        .collect()
+}
+
 fn labels(d: &DeployConfig) -> Value {
     json!({"app.kubernetes.io/name": d.name, "app.kubernetes.io/part-of": "flotilla"})
 }
@@ -178,6 +201,7 @@ pub fn generate(
     let mut files = Vec::new();
     if targets.contains(&Target::Compose) || targets.contains(&Target::Kubernetes) {
         files.extend(image_files(input));
+        files.extend(runbook_files());
     }
     if targets.contains(&Target::Compose) {
         files.extend(compose(input)?);
@@ -347,6 +371,7 @@ fn compose(input: &Input<'_>) -> Result<Vec<File>, GenerateError> {
     );
     let bundle = Bundle {
         targets: replicas.iter().map(|r| format!("{r}:{PORT}")).collect(),
+        runbook_base: runbook_base(d),
         ..Bundle::default()
     };
     Ok(vec![

@@ -74,7 +74,8 @@ impl Default for Bundle {
         Bundle {
             targets: vec!["localhost:8080".into()],
             scrape_interval: "15s".into(),
-            runbook_base: concat!(env!("CARGO_PKG_REPOSITORY"), "/blob/main/docs/runbooks").into(),
+            // The runbooks the bundle writes beside its alerts.
+            runbook_base: "runbooks".into(),
             llm_usd_per_hour: 10.0,
         }
     }

@@ -54,6 +54,10 @@ pub struct DeployConfig {
     /// Prometheus that rollout analysis queries.
     #[serde(default = "default_prometheus")]
     pub prometheus_url: String,
+    /// Base URL of the runbooks the alerts link to (`<base>/<Alert>.md`). Default: the
+    /// generated `runbooks/` in `git.repo` at `git.revision`, beside the `kubernetes/` tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runbook_base: Option<String>,
     /// Per-environment overrides (default: `staging` and `production`).
     #[serde(default = "default_environments")]
     pub environments: BTreeMap<String, EnvironmentOverride>,
@@ -76,6 +80,7 @@ impl Default for DeployConfig {
             git: GitSource::default(),
             argocd: ArgocdConfig::default(),
             prometheus_url: default_prometheus(),
+            runbook_base: None,
             environments: default_environments(),
         }
     }

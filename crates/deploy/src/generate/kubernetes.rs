@@ -327,9 +327,16 @@ pub(crate) fn objects(
             }],
         },
     });
-    let (rules, _) =
-        flotilla_spec::yaml::parse("alerts.yml", &Bundle::default().alert_rules(), &|_| None)
-            .map_err(|e| GenerateError::Yaml("alert rules".into(), format!("{e:?}")))?;
+    let (rules, _) = flotilla_spec::yaml::parse(
+        "alerts.yml",
+        &Bundle {
+            runbook_base: super::runbook_base(d),
+            ..Bundle::default()
+        }
+        .alert_rules(),
+        &|_| None,
+    )
+    .map_err(|e| GenerateError::Yaml("alert rules".into(), format!("{e:?}")))?;
     let prometheus_rule = json!({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": meta(name), "spec": rules});
     let mut resources = vec![
         ("serviceaccount.yaml", sa),
