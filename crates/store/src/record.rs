@@ -409,6 +409,8 @@ pub struct RunQuery {
     pub workflow: Option<String>,
     /// Only this status.
     pub status: Option<RunStatus>,
+    /// Only workflow runs, or only tasks (all when unset).
+    pub kind: Option<RunKind>,
     /// Page size.
     pub limit: u32,
     /// Only runs older than this id (the previous page's `next_cursor`).

@@ -288,7 +288,7 @@ async fn malformed_json_missing_content_type_and_oversized_bodies() {
     assert!(body["message"].as_str().unwrap().contains("10485760"));
 
     // Nothing was half-stored by any of it.
-    let (_, runs) = app.get("/api/v1/runs").await;
+    let (_, runs) = app.get("/api/v1/runs?kind=any").await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 0);
 }
 
@@ -503,4 +503,31 @@ async fn oversized_post(base: &str, path: &str, len: usize) -> (u16, String) {
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
+}
+
+#[tokio::test]
+async fn runs_lists_workflow_runs_unless_asked_for_tasks() {
+    let app = spawn_app(CONFIG).await;
+    let run = app.start_run("greet", json!({"name": "Ada"})).await;
+    app.finished(&run).await;
+    let (code, task) = app
+        .post("/api/v1/execute", json!({"agent": "echo", "input": 1}))
+        .await;
+    assert_eq!(code, 200, "{task}");
+    let ids = |page: &Value| -> Vec<String> {
+        page["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, page) = app.get("/api/v1/runs").await;
+    assert_eq!(ids(&page), [run]);
+    let (_, page) = app.get("/api/v1/runs?kind=task").await;
+    assert_eq!(ids(&page), [task["taskId"].as_str().unwrap()]);
+    let (_, page) = app.get("/api/v1/runs?kind=any").await;
+    assert_eq!(ids(&page).len(), 2);
+    let (code, body) = app.get("/api/v1/runs?kind=jobs").await;
+    assert_eq!(code, 400, "{body}");
 }

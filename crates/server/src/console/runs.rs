@@ -100,6 +100,8 @@ impl Filters {
             created_from: from,
             created_to: parse_time("to", &self.to)?,
             metadata,
+            // Tasks (`POST /api/v1/execute`) are runs too: the console shows both.
+            kind: None,
         })
     }
 

@@ -151,6 +151,9 @@ pub struct ListQuery {
     workflow: Option<String>,
     /// Only runs in this status.
     status: Option<RunStatus>,
+    /// `workflow` (the default: runs of workflows), `task` (`POST /api/v1/execute` and batch
+    /// tasks) or `any`.
+    kind: Option<KindFilter>,
     /// Page size, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
@@ -159,6 +162,19 @@ pub struct ListQuery {
     /// Only runs created within this long: `15m`, `24h`, `7d` (humantime's syntax).
     #[param(example = "24h")]
     since: Option<String>,
+}
+
+/// Which runs `GET /api/v1/runs` lists.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KindFilter {
+    /// Runs of workflows.
+    #[default]
+    Workflow,
+    /// One-step tasks.
+    Task,
+    /// Both.
+    Any,
 }
 
 /// A page of runs.
@@ -206,6 +222,11 @@ pub async fn list(
             limit,
             before: q.cursor,
             created_from,
+            kind: match q.kind.unwrap_or_default() {
+                KindFilter::Workflow => Some(flotilla_store::RunKind::Workflow),
+                KindFilter::Task => Some(flotilla_store::RunKind::Task),
+                KindFilter::Any => None,
+            },
             ..Default::default()
         })
         .await?;

@@ -98,6 +98,9 @@ fn filtered(select: &str, q: &RunQuery, paged: bool) -> sqlx::QueryBuilder<sqlx:
     if let Some(w) = &q.workflow {
         b.push(" AND workflow = ").push_bind(w.clone());
     }
+    if let Some(k) = q.kind {
+        b.push(" AND kind = ").push_bind(k.as_str());
+    }
     if let Some(from) = q.created_from {
         b.push(" AND created_at >= ").push_bind(from);
     }

@@ -73,6 +73,12 @@ fn filter(q: &RunQuery, paged: bool) -> (String, Vec<SqlValue>) {
     if let Some(w) = &q.workflow {
         clauses.push(format!("workflow = {}", bind(SqlValue::Text(w.clone()))));
     }
+    if let Some(k) = q.kind {
+        clauses.push(format!(
+            "kind = {}",
+            bind(SqlValue::Text(k.as_str().into()))
+        ));
+    }
     if let Some(from) = q.created_from {
         clauses.push(format!("created_at >= {}", bind(SqlValue::Integer(from))));
     }
