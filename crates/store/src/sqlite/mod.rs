@@ -271,12 +271,13 @@ impl Store for SqliteStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some(error) = failing {
+        if let Some(failing) = failing {
             let (tx, rx) = oneshot::channel();
-            self.send(Job::Probe(tx))?;
+            self.send(Job::Probe(failing.bytes, tx))?;
             if rx.await.map_err(|_| StoreError::Closed)?.is_err() {
                 return Err(StoreError::Unavailable(format!(
-                    "writes are failing: {error}"
+                    "writes are failing: {}",
+                    failing.error
                 )));
             }
         }

@@ -14,15 +14,46 @@ pub(crate) enum Job {
     Move(Box<MoveRuns>, oneshot::Sender<Result<Vec<String>>>),
     Commit(Vec<Write>, Option<oneshot::Sender<Result<()>>>),
     Migrate(oneshot::Sender<Result<()>>),
-    /// A 256 KiB write (one row of `write_probe`), to learn whether writes work again.
-    Probe(oneshot::Sender<Result<()>>),
+    /// A write of this many bytes (one row of `write_probe`), to learn whether writes work
+    /// again.
+    Probe(usize, oneshot::Sender<Result<()>>),
     /// The write connection's journal mode and `synchronous` level.
     Pragmas(oneshot::Sender<Result<(String, i64)>>),
 }
 
 /// The last commit's error while commits fail (a full disk, a read-only file), `None` once
 /// one succeeds: readiness reports it, so traffic moves elsewhere until writes work again.
-pub(crate) type WriteHealth = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+pub(crate) type WriteHealth = std::sync::Arc<std::sync::Mutex<Option<Failing>>>;
+
+/// Why writes fail, and the size of the largest write that failed: readiness comes back
+/// only when a write that large fits again.
+#[derive(Debug, Clone)]
+pub(crate) struct Failing {
+    pub error: String,
+    pub bytes: usize,
+}
+
+/// Roughly how many bytes a new run writes (its JSON and definition).
+fn size_of_run(run: &NewRun) -> usize {
+    run.input.to_string().len()
+        + run.metadata.to_string().len()
+        + run.definition.as_ref().map_or(0, String::len)
+}
+
+/// Roughly how many bytes a batch of writes writes.
+fn size_of_writes(writes: &[Write]) -> usize {
+    writes
+        .iter()
+        .map(|w| match w {
+            Write::Step { step, .. } => {
+                step.output.as_ref().map_or(0, |o| o.to_string().len()) + 256
+            }
+            Write::Run { output, .. } => output.as_ref().map_or(0, |o| o.to_string().len()) + 64,
+            Write::Event(e) => e.data.to_string().len() + 64,
+            _ => 64,
+        })
+        .sum()
+}
 
 /// Most jobs folded into one transaction; bounds the latency of the first waiter.
 const MAX_BATCH: usize = 2048;
@@ -97,16 +128,22 @@ fn storage_failure<T>(r: &Result<T>) -> Option<String> {
     }
 }
 
-fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(), String> {
+fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(), Failing> {
     let mut replies = Vec::with_capacity(batch.len());
-    let mut failing = None;
+    let mut failing: Option<Failing> = None;
+    let mut failed = |error: Option<String>, bytes: usize| {
+        if let Some(error) = error {
+            let bytes = bytes.max(failing.as_ref().map_or(0, |f| f.bytes));
+            failing = Some(Failing { error, bytes });
+        }
+    };
     let outcome = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for job in batch.drain(..) {
             match job {
                 Job::Create(run, reply) => {
                     let r = savepoint(&tx, |tx| create(tx, &run));
-                    failing = failing.take().or(storage_failure(&r));
+                    failed(storage_failure(&r), size_of_run(&run));
                     replies.push(Reply::Create(reply, r));
                 }
                 Job::Move(m, reply) => {
@@ -115,7 +152,7 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
                 }
                 Job::Commit(writes, reply) => {
                     let r = savepoint(&tx, |tx| apply(tx, &writes));
-                    failing = failing.take().or(storage_failure(&r));
+                    failed(storage_failure(&r), size_of_writes(&writes));
                     if let Err(e) = &r {
                         tracing::error!(error = %e, "store write failed");
                     }
@@ -135,14 +172,17 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
                     };
                     let _ = reply.send(read().map_err(StoreError::from));
                 }
-                Job::Probe(reply) => {
-                    // A write the size of a large submission: a few bytes (the schema
-                    // cookie) still fit in a full disk's WAL when a 200 KB input does not,
-                    // and readiness would come back while submissions fail.
+                Job::Probe(bytes, reply) => {
+                    // A write as large as the largest that failed (256 KiB at least): a few
+                    // bytes still fit in a full disk's WAL when a 200 KB input does not, and
+                    // readiness would come back while submissions fail.
                     let r = savepoint(&tx, |tx| {
                         tx.execute_batch(
-                            "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, data BLOB);
-                             INSERT OR REPLACE INTO write_probe (id, data) VALUES (1, randomblob(262144));",
+                            "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, data BLOB);",
+                        )?;
+                        tx.execute(
+                            "INSERT OR REPLACE INTO write_probe (id, data) VALUES (1, randomblob(?1))",
+                            [i64::try_from(bytes.max(262_144)).unwrap_or(i64::MAX)],
                         )?;
                         Ok(())
                     });
@@ -162,10 +202,13 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
             (Reply::Ids(tx, _), Err(e)) => drop(tx.send(Err(commit_error(e)))),
         }
     }
-    outcome.map_err(|e| {
+    if let Err(e) = outcome {
         tracing::error!(error = %e, "store commit failed");
-        e.to_string()
-    })?;
+        return Err(Failing {
+            error: e.to_string(),
+            bytes: failing.map_or(0, |f| f.bytes),
+        });
+    }
     failing.map_or(Ok(()), Err)
 }
 
