@@ -121,9 +121,9 @@ pub async fn run(command: RunsCommand) -> anyhow::Result<ExitCode> {
     let result = match command {
         RunsCommand::Migrate(args) => return migrate(args).await,
         RunsCommand::List(args) => list(args).await,
-        RunsCommand::Get(args) => get(args).await,
+        RunsCommand::Get(args) => on_run(args, reqwest::Method::GET, "").await,
         RunsCommand::Watch(args) => watch(args).await,
-        RunsCommand::Cancel(args) => cancel(args).await,
+        RunsCommand::Cancel(args) => on_run(args, reqwest::Method::POST, "/cancel").await,
         RunsCommand::Start(args) => start(args).await,
     };
     Ok(result.unwrap_or_else(|f| f.report()))
@@ -206,28 +206,11 @@ async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn get(args: IdArgs) -> Result<ExitCode, Failure> {
+/// `runs get` (GET the run) and `runs cancel` (POST `/cancel`): both print the run.
+async fn on_run(args: IdArgs, method: reqwest::Method, suffix: &str) -> Result<ExitCode, Failure> {
     let client = Client::new(&args.server, Some(Duration::from_secs(30)))?;
-    let (_, run) = client
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/runs/{}", args.id),
-            None,
-        )
-        .await?;
-    show_run(args.output, &run);
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn cancel(args: IdArgs) -> Result<ExitCode, Failure> {
-    let client = Client::new(&args.server, Some(Duration::from_secs(30)))?;
-    let (_, run) = client
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/v1/runs/{}/cancel", args.id),
-            None,
-        )
-        .await?;
+    let path = format!("/api/v1/runs/{}{suffix}", args.id);
+    let (_, run) = client.call(method, &path, None).await?;
     show_run(args.output, &run);
     Ok(ExitCode::SUCCESS)
 }
