@@ -214,6 +214,12 @@ async fn execute_errors() {
         assert!(answer["request_id"].as_str().is_some_and(|r| !r.is_empty()));
         assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
+    // A task is one agent call: its error is the agent's, naming no internal step.
+    let (_, answer) = app
+        .post("/api/v1/execute", json!({"agent": "nope", "input": {}}))
+        .await;
+    let message = answer["message"].as_str().unwrap();
+    assert!(!message.contains("step"), "{message}");
     let (code, body) = app.post("/api/v1/batch", json!({"tasks": []})).await;
     assert_eq!(code, 400, "{body}");
     let many: Vec<Value> = (0..101)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use flotilla_spec::template;
 use flotilla_store::{
-    EventKind, EventRecord, RunRecord, RunStatus, StepRecord, StepStatus, Usage, Write,
+    EventKind, EventRecord, RunKind, RunRecord, RunStatus, StepRecord, StepStatus, Usage, Write,
 };
 use serde_json::{Map, Value, json};
 
@@ -103,6 +103,8 @@ pub(crate) struct Finished {
 
 /// One run.
 pub(crate) struct Machine {
+    /// A workflow run, or a task (one agent call).
+    kind: RunKind,
     compiled: Arc<Compiled>,
     run_id: String,
     input: Value,
@@ -127,6 +129,7 @@ impl Machine {
     pub(crate) fn new(compiled: Arc<Compiled>, record: &RunRecord, epoch: i64) -> Machine {
         let n = compiled.dag.len();
         Machine {
+            kind: record.kind,
             run_id: record.id.clone(),
             input: record.input.clone(),
             metadata: record.metadata.clone(),
@@ -582,6 +585,10 @@ impl Machine {
             }
             _ => {
                 let error = match self.first_failure {
+                    // A task is one agent call: its error is the call's, with no step named.
+                    Some((i, _)) if self.kind == RunKind::Task => self.errors[i]
+                        .clone()
+                        .unwrap_or_else(|| "the agent call failed".into()),
                     Some((i, _)) => format!(
                         "step `{}` failed: {}",
                         self.compiled.dag.ids[i],
