@@ -105,7 +105,8 @@ impl Filters {
         })
     }
 
-    /// The URL of the list with these filters, `status` replaced and no cursor.
+    /// The URL of the list with these filters: `status` replaced when given, and the page
+    /// that starts after `before` (the first page without it).
     fn url(&self, status: Option<&str>, before: Option<&str>) -> String {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
         let status = status.unwrap_or(&self.status);
