@@ -170,8 +170,8 @@ fn run_prints_the_output_on_stdout_and_progress_on_stderr() {
         &["run", "travel_planning", "--input", "{not json"],
         &[],
     );
-    assert_eq!(code, 1);
-    assert!(err.contains("--input is not valid JSON"), "{err}");
+    assert_eq!(code, 2, "bad input is a usage error");
+    assert!(err.contains("--input is not JSON"), "{err}");
 }
 
 #[tokio::test]

@@ -99,8 +99,7 @@ pub(crate) fn run(mut conn: Connection, rx: Receiver<Job>, health: WriteHealth) 
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let outcome = process(&mut conn, &mut batch);
-        *health.lock().unwrap_or_else(|e| e.into_inner()) = outcome.err();
+        process(&mut conn, &mut batch, &health);
     }
 }
 
@@ -128,7 +127,7 @@ fn storage_failure<T>(r: &Result<T>) -> Option<String> {
     }
 }
 
-fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(), Failing> {
+fn process(conn: &mut Connection, batch: &mut Vec<Job>, health: &WriteHealth) {
     let mut replies = Vec::with_capacity(batch.len());
     let mut failing: Option<Failing> = None;
     let mut failed = |error: Option<String>, bytes: usize| {
@@ -173,16 +172,17 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
                     let _ = reply.send(read().map_err(StoreError::from));
                 }
                 Job::Probe(bytes, reply) => {
-                    // A write as large as the largest that failed (256 KiB at least): a few
-                    // bytes still fit in a full disk's WAL when a 200 KB input does not, and
-                    // readiness would come back while submissions fail.
+                    // Twice the largest write that failed (256 KiB at least): a failed write
+                    // grew the WAL before it ran out of room, and the next transaction
+                    // reuses that space, so a probe no larger than the failed write fits
+                    // while the write itself still would not.
                     let r = savepoint(&tx, |tx| {
                         tx.execute_batch(
                             "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, data BLOB);",
                         )?;
                         tx.execute(
                             "INSERT OR REPLACE INTO write_probe (id, data) VALUES (1, randomblob(?1))",
-                            [i64::try_from(bytes.max(262_144)).unwrap_or(i64::MAX)],
+                            [i64::try_from(bytes.saturating_mul(2).max(262_144)).unwrap_or(i64::MAX)],
                         )?;
                         Ok(())
                     });
@@ -192,6 +192,19 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
         }
         tx.commit()
     })();
+    // Health first, replies after: a caller told its write failed must find the store
+    // unhealthy when it asks next.
+    let result = match &outcome {
+        Err(e) => {
+            tracing::error!(error = %e, "store commit failed");
+            Err(Failing {
+                error: e.to_string(),
+                bytes: failing.map_or(0, |f| f.bytes),
+            })
+        }
+        Ok(()) => failing.map_or(Ok(()), Err),
+    };
+    *health.lock().unwrap_or_else(|e| e.into_inner()) = result.err();
     for reply in replies {
         match (reply, &outcome) {
             (Reply::Create(tx, r), Ok(())) => drop(tx.send(r)),
@@ -202,14 +215,6 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>) -> std::result::Result<(
             (Reply::Ids(tx, _), Err(e)) => drop(tx.send(Err(commit_error(e)))),
         }
     }
-    if let Err(e) = outcome {
-        tracing::error!(error = %e, "store commit failed");
-        return Err(Failing {
-            error: e.to_string(),
-            bytes: failing.map_or(0, |f| f.bytes),
-        });
-    }
-    failing.map_or(Ok(()), Err)
 }
 
 fn commit_error(e: &rusqlite::Error) -> StoreError {
