@@ -244,8 +244,10 @@ async fn a_killed_controller_resumes_and_obeys_pause_resume_and_abort() {
         ),
     );
     let mut first = Controller::start(&fleet);
+    // Each traffic change waits (up to 30 s) for nginx's old workers to leave: two of them
+    // come before this pause, on a machine the rest of the suite keeps busy.
     fleet
-        .wait_status("paused at 30 %", Duration::from_secs(60), |s| {
+        .wait_status("paused at 30 %", Duration::from_secs(180), |s| {
             s["state"]["status"]["status"] == "paused" && s["state"]["weight"] == 30
         })
         .await;
