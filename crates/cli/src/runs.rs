@@ -133,19 +133,9 @@ const RUN_COLUMNS: [(&str, &str); 5] = [
     ("ID", "/id"),
     ("WORKFLOW", "/workflow"),
     ("STATUS", "/status"),
-    ("CREATED", "/created"),
+    ("CREATED", "/created_at"),
     ("ERROR", "/error"),
 ];
-
-/// A run as a table row: its creation time in RFC 3339.
-fn row(run: &Value) -> Value {
-    let mut r = run.clone();
-    if let Some(ms) = run["created_at"].as_i64() {
-        let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-        r["created"] = json!(humantime::format_rfc3339_seconds(t).to_string());
-    }
-    r
-}
 
 /// 0 when the run succeeded, 1 when it ended otherwise, 4 while it is still going.
 fn status_code(run: &Value) -> ExitCode {
@@ -157,7 +147,7 @@ fn status_code(run: &Value) -> ExitCode {
 }
 
 fn show_run(output: Output, run: &Value) {
-    print(output, run, &[row(run)], &RUN_COLUMNS);
+    print(output, run, std::slice::from_ref(run), &RUN_COLUMNS);
     if output == Output::Table {
         let steps = run["steps"].as_array().cloned().unwrap_or_default();
         if !steps.is_empty() {
@@ -198,10 +188,7 @@ async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
             None,
         )
         .await?;
-    let rows: Vec<Value> = page["runs"]
-        .as_array()
-        .map(|r| r.iter().map(row).collect())
-        .unwrap_or_default();
+    let rows = page["runs"].as_array().cloned().unwrap_or_default();
     print(args.output, &page, &rows, &RUN_COLUMNS);
     Ok(ExitCode::SUCCESS)
 }
@@ -282,13 +269,9 @@ async fn watch(args: IdArgs) -> Result<ExitCode, Failure> {
                     serde_saphyr::to_string(&event).unwrap_or_default()
                 ),
                 Output::Table => {
-                    let at = event["at"].as_i64().map_or(String::new(), |ms| {
-                        let t = std::time::UNIX_EPOCH
-                            + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-                        humantime::format_rfc3339_millis(t).to_string()
-                    });
                     println!(
-                        "{at:<24}  {:<20}  {}",
+                        "{:<24}  {:<20}  {}",
+                        event["at"].as_str().unwrap_or(""),
                         event["kind"].as_str().unwrap_or("?"),
                         event["step_id"].as_str().unwrap_or("")
                     );

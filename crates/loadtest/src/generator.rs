@@ -187,15 +187,12 @@ fn judge_run(sample: &mut Sample, status: u16, body: &[u8]) {
         None => sample.error = Some("answer is not a run".into()),
     }
     for s in run["steps"].as_array().into_iter().flatten() {
-        if let (Some(id), Some(a), Some(b)) = (
-            s["id"].as_str(),
-            s["started_at"].as_i64(),
-            s["finished_at"].as_i64(),
-        ) {
-            let ms = u64::try_from(b - a).unwrap_or(0);
-            sample
-                .steps
-                .push((id.to_owned(), Duration::from_millis(ms)));
+        let at = |field: &str| humantime::parse_rfc3339(s[field].as_str()?).ok();
+        if let (Some(id), Some(a), Some(b)) =
+            (s["id"].as_str(), at("started_at"), at("finished_at"))
+        {
+            let took = b.duration_since(a).unwrap_or_default();
+            sample.steps.push((id.to_owned(), took));
         }
     }
     let u = &run["usage"];

@@ -197,13 +197,21 @@ pub struct RunRecord {
     pub output: Option<Value>,
     /// Error once failed.
     pub error: Option<String>,
-    /// Unix milliseconds.
+    /// When (RFC 3339 in JSON; unix milliseconds here).
+    #[serde(serialize_with = "timestamp::required")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
-    /// Unix milliseconds.
+    /// When (RFC 3339 in JSON; unix milliseconds here).
+    #[serde(serialize_with = "timestamp::required")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
-    /// Unix milliseconds.
+    /// When (RFC 3339 in JSON; unix milliseconds here).
+    #[serde(serialize_with = "timestamp::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
-    /// SLA deadline, unix milliseconds.
+    /// SLA deadline (RFC 3339 in JSON; unix milliseconds here).
+    #[serde(serialize_with = "timestamp::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub deadline_at: Option<i64>,
     /// The version that started it (absent for runs started before versions were recorded).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -268,9 +276,13 @@ pub struct StepRecord {
     pub output: Option<Value>,
     /// Last error.
     pub error: Option<String>,
-    /// Unix milliseconds of the first attempt.
+    /// When its first attempt started.
+    #[serde(serialize_with = "timestamp::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<i64>,
-    /// Unix milliseconds.
+    /// When (RFC 3339 in JSON; unix milliseconds here).
+    #[serde(serialize_with = "timestamp::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
     /// The agent that served its last attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -287,7 +299,9 @@ pub struct EventRecord {
     pub run_id: String,
     /// Position within the run, from 1.
     pub seq: i64,
-    /// Unix milliseconds.
+    /// When (RFC 3339 in JSON; unix milliseconds here).
+    #[serde(serialize_with = "timestamp::required")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: i64,
     /// What happened.
     pub kind: EventKind,
@@ -382,13 +396,21 @@ pub struct RunSummary {
     pub metadata: Value,
     /// Why it failed (at most [`RunSummary::MAX_ERROR`] characters here).
     pub error: Option<String>,
-    /// Unix milliseconds.
+    /// When (RFC 3339 in JSON; unix milliseconds here).
+    #[serde(serialize_with = "timestamp::required")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
-    /// Unix milliseconds.
+    /// When (RFC 3339 in JSON; unix milliseconds here).
+    #[serde(serialize_with = "timestamp::required")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
-    /// Unix milliseconds.
+    /// When (RFC 3339 in JSON; unix milliseconds here).
+    #[serde(serialize_with = "timestamp::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
-    /// SLA deadline, unix milliseconds.
+    /// SLA deadline (RFC 3339 in JSON; unix milliseconds here).
+    #[serde(serialize_with = "timestamp::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub deadline_at: Option<i64>,
     /// The version that started it (absent for runs started before versions were recorded).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -478,4 +500,31 @@ pub(crate) fn parse_usage(text: Option<String>) -> crate::Result<Option<Usage>> 
 pub(crate) fn parse_json(text: Option<String>) -> crate::Result<Option<Value>> {
     text.map(|t| serde_json::from_str(&t).map_err(|e| crate::StoreError::Corrupt(e.to_string())))
         .transpose()
+}
+
+/// Timestamps kept as unix milliseconds, written out as RFC 3339 (UTC, milliseconds), as
+/// the API shows them.
+pub mod timestamp {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use serde::Serializer;
+
+    /// `2026-12-01T17:29:05.123Z` for unix milliseconds (before 1970 reads as 1970).
+    pub fn rfc3339(ms: i64) -> String {
+        let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+
+    /// Serializes unix milliseconds as RFC 3339.
+    pub fn required<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&rfc3339(*ms))
+    }
+
+    /// Serializes optional unix milliseconds as RFC 3339 or null.
+    pub fn option<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(ms) => s.serialize_str(&rfc3339(*ms)),
+            None => s.serialize_none(),
+        }
+    }
 }

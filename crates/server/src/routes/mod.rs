@@ -26,8 +26,4 @@ pub fn parse_wait(text: &str) -> Result<Duration, ApiError> {
     })
 }
 
-/// RFC 3339 time of a unix-millisecond timestamp.
-pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub use flotilla_store::timestamp::rfc3339;

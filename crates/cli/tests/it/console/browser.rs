@@ -76,7 +76,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
     let stuck = start(&app, "stuck", json!({}), json!({})).await;
     let stuck2 = start(&app, "stuck", json!({}), json!({})).await;
     for id in &done {
-        wait(&app, id, |r| r["finished_at"].is_number()).await;
+        wait(&app, id, |r| r["finished_at"].is_string()).await;
     }
     for id in [&stuck, &stuck2] {
         wait(&app, id, |r| r["status"] == "running").await;

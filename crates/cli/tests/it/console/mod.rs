@@ -340,7 +340,7 @@ async fn runs_filter_by_status_workflow_and_metadata_with_counts_and_pages() {
     }
     let failed = start(&app, "brittle", json!({}), json!({})).await;
     for id in ids.iter().chain([&failed]) {
-        wait(&app, id, |r| r["finished_at"].is_number()).await;
+        wait(&app, id, |r| r["finished_at"].is_string()).await;
     }
     let mut ops = Session::sign_in(&app, OPERATOR).await;
     let (_, page) = ops.get(&app, "/ui/runs").await;
