@@ -85,6 +85,8 @@ status_enum! {
         StepFailed => "step_failed",
         /// A step's `when:` was false.
         StepSkipped => "step_skipped",
+        /// A running step was stopped because the run ended first.
+        StepCancelled => "step_cancelled",
         /// A succeeded step is being undone.
         CompensationStarted => "compensation_started",
         /// A step was undone.
@@ -111,6 +113,9 @@ status_enum! {
         Skipped => "skipped",
         /// Succeeded, then undone by its compensation.
         Compensated => "compensated",
+        /// Stopped while running: the run ended first (cancelled, timed out, or another
+        /// step failed).
+        Cancelled => "cancelled",
     }
 }
 

@@ -266,7 +266,8 @@ workflows:
         .await;
     assert_eq!(code, 200, "{run}");
     assert_eq!(run["status"], "cancelled");
-    assert_eq!(step(&run, "nap")["status"], "failed");
+    assert_eq!(step(&run, "nap")["status"], "cancelled");
+    assert_eq!(step(&run, "nap")["error"], "stopped: the run was cancelled");
     assert_eq!(step(&run, "after")["status"], "skipped");
     // The live stream ends with the run.
     let text = tokio::time::timeout(std::time::Duration::from_secs(10), events.text())
@@ -274,6 +275,7 @@ workflows:
         .unwrap()
         .unwrap();
     assert!(text.contains("event: run_finished"), "{text}");
+    assert!(text.contains("event: step_cancelled"), "{text}");
     let text = app.text("/metrics").await;
     assert_eq!(
         metric(

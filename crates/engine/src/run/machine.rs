@@ -380,13 +380,17 @@ impl Machine {
                             self.first_failure
                                 .get_or_insert((step, ErrorKind::Condition));
                         }
-                        StopReason::Aborted(status) => {
-                            self.errors[step] = Some(format!("aborted: run {status}"));
-                        }
                     }
                     writes.push(self.step_write(step, StepStatus::Failed, Some(now)));
                     let data = json!({"error": self.errors[step]});
                     events.push(self.event(EventKind::StepFailed, Some(step), data, now));
+                }
+                Action::StepCancelled { step, run } => {
+                    durable = true;
+                    self.errors[step] = Some(format!("stopped: the run {}", run_ended(run)));
+                    writes.push(self.step_write(step, StepStatus::Cancelled, Some(now)));
+                    let data = json!({"error": self.errors[step]});
+                    events.push(self.event(EventKind::StepCancelled, Some(step), data, now));
                 }
                 Action::StepSkipped { step } => {
                     durable = true;
@@ -639,5 +643,15 @@ impl Machine {
             total,
             by_agent,
         }
+    }
+}
+
+/// How a run ended, as the rest of a sentence ("the run …").
+fn run_ended(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Cancelled => "was cancelled",
+        RunStatus::TimedOut => "timed out",
+        RunStatus::Failed => "failed at another step",
+        RunStatus::Queued | RunStatus::Running | RunStatus::Succeeded => "ended",
     }
 }

@@ -169,8 +169,6 @@ pub enum StopReason {
     AttemptsExhausted,
     /// Its condition failed to evaluate.
     Condition(String),
-    /// Stopped because the run failed elsewhere, was cancelled or timed out.
-    Aborted(RunStatus),
 }
 
 /// What to do.
@@ -203,6 +201,13 @@ pub enum Action {
         step: usize,
         /// Why.
         reason: StopReason,
+    },
+    /// Record that a running step was stopped because the run ended first.
+    StepCancelled {
+        /// Step index.
+        step: usize,
+        /// How the run ended.
+        run: RunStatus,
     },
     /// Record a skip.
     StepSkipped {
@@ -347,7 +352,7 @@ fn advance(
             if needs.iter().any(|&n| {
                 matches!(
                     state.steps[n].status,
-                    StepStatus::Failed | StepStatus::Skipped
+                    StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled
                 )
             }) {
                 state.steps[i].status = StepStatus::Skipped;
@@ -403,11 +408,11 @@ fn stop(dag: &Dag, state: &mut RunState, outcome: RunStatus, out: &mut Vec<Actio
     for (i, s) in state.steps.iter_mut().enumerate() {
         match s.status {
             StepStatus::Running => {
-                s.status = StepStatus::Failed;
+                s.status = StepStatus::Cancelled;
                 s.in_flight = false;
-                out.push(Action::StepFailed {
+                out.push(Action::StepCancelled {
                     step: i,
-                    reason: StopReason::Aborted(outcome),
+                    run: outcome,
                 });
             }
             StepStatus::Pending => {
@@ -458,14 +463,20 @@ pub fn restore(dag: &Dag, steps: impl IntoIterator<Item = (usize, StepStatus, u3
             state.succeeded_order.push(i);
         }
     }
-    // A run that stopped while failing: steps failed (or were compensated) but the run is not
-    // finished. Resume its saga where it was.
-    let failed = state.steps.iter().any(|s| s.status == StepStatus::Failed);
-    let compensating = state
-        .steps
-        .iter()
-        .any(|s| s.status == StepStatus::Compensated);
-    if failed || compensating {
+    // A run that stopped while failing or timing out: steps failed, were stopped or were
+    // compensated, but the run is not finished. Resume its saga where it was. (A cancelled
+    // run finishes in the same commit that stops its steps.)
+    let has = |status| state.steps.iter().any(|s| s.status == status);
+    let outcome = if has(StepStatus::Failed) {
+        Some(RunStatus::Failed)
+    } else if has(StepStatus::Cancelled) {
+        Some(RunStatus::TimedOut)
+    } else if has(StepStatus::Compensated) {
+        Some(RunStatus::Failed)
+    } else {
+        None
+    };
+    if let Some(outcome) = outcome {
         for s in state.steps.iter_mut() {
             if matches!(s.status, StepStatus::Pending | StepStatus::Running) {
                 s.status = StepStatus::Skipped;
@@ -473,7 +484,7 @@ pub fn restore(dag: &Dag, steps: impl IntoIterator<Item = (usize, StepStatus, u3
         }
         state.phase = Phase::Compensating {
             queue: compensation_queue(dag, &state.succeeded_order),
-            outcome: RunStatus::Failed,
+            outcome,
         };
     }
     state

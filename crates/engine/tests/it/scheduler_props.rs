@@ -214,6 +214,10 @@ fn cancel_stops_everything_without_compensation() {
     }));
     let actions = decide(&dag, &mut state, Event::Cancel, &mut run);
     assert!(actions.contains(&Action::AbortInFlight));
+    assert!(actions.contains(&Action::StepCancelled {
+        step: 0,
+        run: RunStatus::Cancelled
+    }));
     assert!(actions.contains(&Action::StepSkipped { step: 1 }));
     assert_eq!(actions.last(), Some(&Action::Finish(RunStatus::Cancelled)));
     // A late result changes nothing.
@@ -286,4 +290,32 @@ fn restart_reruns_the_interrupted_attempt_under_its_own_number() {
             .any(|a| matches!(a, Action::Dispatch { step: 0, .. })),
         "succeeded steps never run again"
     );
+}
+
+#[test]
+fn a_restart_while_timing_out_finishes_compensating_and_times_out() {
+    let dag = Dag {
+        ids: vec!["a".into(), "b".into()],
+        needs: vec![vec![], vec![]],
+        max_attempts: vec![1, 1],
+        compensable: vec![true, false],
+    };
+    // `a` succeeded, `b` was stopped by the deadline; the process died before `a` was undone.
+    let mut state = flotilla_engine::scheduler::restore(
+        &dag,
+        [(0, StepStatus::Succeeded, 1), (1, StepStatus::Cancelled, 1)],
+    );
+    let mut run = |_: usize| Condition::Run;
+    let actions = decide(&dag, &mut state, Event::Start, &mut run);
+    assert!(
+        actions.contains(&Action::Compensate { step: 0 }),
+        "{actions:?}"
+    );
+    let end = decide(
+        &dag,
+        &mut state,
+        Event::CompensationFinished { step: 0, ok: true },
+        &mut run,
+    );
+    assert_eq!(end.last(), Some(&Action::Finish(RunStatus::TimedOut)));
 }

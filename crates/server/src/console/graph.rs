@@ -201,6 +201,7 @@ pub(crate) fn attempts(events: &[EventRecord]) -> Vec<Attempt> {
             }
             EventKind::StepRetrying => "retried",
             EventKind::StepFailed => "failed",
+            EventKind::StepCancelled => "cancelled",
             EventKind::StepSucceeded => "succeeded",
             EventKind::RunFinished => {
                 for (_, i) in open.drain() {
