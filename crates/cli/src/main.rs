@@ -15,6 +15,7 @@ mod run;
 mod runs;
 mod serve;
 mod settings;
+mod tasks;
 
 /// mimalloc: with glibc's allocator a sixth of the request path was malloc and free;
 /// mimalloc serves `POST /api/v1/execute` about 20 % faster (BENCHMARKS.md).
@@ -98,6 +99,11 @@ enum Command {
         #[command(subcommand)]
         command: agents::AgentsCommand,
     },
+    /// One task on a live server: an agent called by name or capability.
+    Tasks {
+        #[command(subcommand)]
+        command: tasks::TasksCommand,
+    },
     /// Canary, blue-green and rolling updates through nginx, judged by Prometheus and rolled
     /// back on their own (off Kubernetes; there, Argo Rollouts runs what `deploy` writes).
     Rollout {
@@ -150,6 +156,7 @@ fn main() -> ExitCode {
             Command::Rollout { command } => rollout::run(command).await,
             Command::Runs { command } => runs::run(command).await,
             Command::Agents { command } => agents::run(command).await,
+            Command::Tasks { command } => tasks::run(command).await,
             Command::Loadtest(args) => loadtest::loadtest(*args).await,
         };
         match result {

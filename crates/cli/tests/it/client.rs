@@ -1,4 +1,4 @@
-//! The client commands (`flotilla runs …`, `flotilla agents list`) against a live server:
+//! The client commands (`flotilla runs …`, `agents list`, `tasks execute`) against a live server:
 //! every output format parsed back, and the exit codes.
 
 use std::io::Write as _;
@@ -10,7 +10,7 @@ use crate::app::{BIN, TestApp, flotilla, free_port, spawn_app};
 
 const KEY: &str = "flk_client_operator_key";
 
-async fn server() -> TestApp {
+pub(crate) async fn server() -> TestApp {
     spawn_app(&format!(
         r#"
 auth:
@@ -32,7 +32,7 @@ workflows:
 }
 
 /// `flotilla <args>` against `app`, the key in the environment.
-fn cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
     flotilla(
         app.dir.path(),
         args,
@@ -43,7 +43,7 @@ fn cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn json(out: &str) -> Value {
+pub(crate) fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
@@ -169,6 +169,39 @@ async fn runs_start_list_get_and_agents_in_every_format() {
         out.starts_with("AGENT") && out.contains("broken") && out.contains("closed"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn tasks_execute_in_every_format() {
+    let app = server().await;
+    let input = r#"{"city": "Oslo"}"#;
+    let (code, out, err) = cli(
+        &app,
+        &[
+            "tasks", "execute", "--agent", "echo", "--input", input, "-o", "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let task = json(&out);
+    assert_eq!(task["agentId"], "echo");
+    assert_eq!(task["result"]["city"], "Oslo", "{task}");
+    assert!(task["taskId"].is_string(), "{task}");
+    let (code, out, _) = cli(
+        &app,
+        &[
+            "tasks", "execute", "--agent", "echo", "--input", input, "-o", "yaml",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(yaml(&out)["result"]["city"], "Oslo", "{out}");
+    let (code, out, _) = cli(
+        &app,
+        &["tasks", "execute", "--agent", "echo", "--input", input],
+    );
+    assert_eq!(code, 0);
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("TASK"), "{out}");
+    assert!(lines.next().unwrap().contains("Oslo"), "{out}");
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod console;
 mod docker;
 mod durability;
 mod engine;
+mod exit_codes;
 mod fakes;
 mod flags;
 mod hostile;
