@@ -265,10 +265,10 @@ impl Machine {
                         let last = !(retryable && attempt < self.compiled.dag.max_attempts[step]);
                         let step_id = &self.compiled.dag.ids[step];
                         if last {
-                            tracing::warn!(run_id = %self.run_id, step = %step_id, attempt, error = %e, "step failed");
+                            tracing::warn!(run_id = %self.run_id, step_id = %step_id, attempt, error = %e, "step failed");
                             self.first_failure.get_or_insert((step, e.kind()));
                         } else {
-                            tracing::info!(run_id = %self.run_id, step = %step_id, attempt, error = %e, "attempt failed; retrying");
+                            tracing::info!(run_id = %self.run_id, step_id = %step_id, attempt, error = %e, "attempt failed; retrying");
                         }
                         self.errors[step] = Some(e.to_string());
                         Outcome::Failed { retryable }
