@@ -515,3 +515,42 @@ agents:
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["result"], "done");
 }
+
+#[tokio::test]
+async fn a_json_template_that_renders_broken_json_fails_its_step() {
+    let app = spawn_app(
+        r#"
+agents:
+  classify:
+    kind: builtin
+    builtin: template
+    template: |
+      {"category": {{ input.kind }}, "urgency": {% if input.urgent %}high{% else %}"normal"{% endif %}}
+workflows:
+  triage: { steps: [ { id: classify, agent: classify, input: "{{ input }}" } ] }
+"#,
+    )
+    .await;
+    // Each value written by `{{ }}` is JSON: the category is quoted whatever it holds.
+    let id = app
+        .start_run(
+            "triage",
+            json!({"kind": "billing \"vip\"", "urgent": false}),
+        )
+        .await;
+    let run = app.finished(&id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        step(&run, "classify")["output"],
+        json!({"category": "billing \"vip\"", "urgency": "normal"})
+    );
+    // The literal `high` the template writes unquoted is not JSON: the step fails, saying so.
+    let id = app
+        .start_run("triage", json!({"kind": "billing", "urgent": true}))
+        .await;
+    let run = app.finished(&id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(step(&run, "classify")["status"], "failed");
+    let error = step(&run, "classify")["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("did not render valid JSON"), "{error}");
+}
