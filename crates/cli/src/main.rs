@@ -33,7 +33,15 @@ use settings::ConfigArgs;
 /// With no config file, `flotilla serve` runs the embedded demo fleet (travel planning and
 /// customer service, builtin agents) on SQLite `./flotilla.db`, port 8080.
 #[derive(Debug, Parser)]
-#[command(name = "flotilla", version, about, long_about)]
+#[command(
+    name = "flotilla",
+    version,
+    about,
+    long_about,
+    after_help = "Exit status: 0 done; 1 what was asked about failed (a run, a task, a flag that is \
+                  off) or the server refused; 2 usage or configuration error; 3 a gate failed \
+                  (loadtest SLO, rollout analysis); 4 unavailable or inconclusive."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
