@@ -10,6 +10,7 @@ mod keys;
 mod loadtest;
 mod logging;
 mod monitoring;
+mod prune;
 mod rollout;
 mod run;
 mod runs;

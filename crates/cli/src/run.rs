@@ -41,7 +41,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Arc::new(loaded.config);
     let store = crate::serve::open_store(&config).await.map_err(|e| {
         // SQLite is one process's: a running server holds it.
-        if format!("{e:#}").contains("in use by another") {
+        if crate::serve::held_by_another(&e) {
             e.context("a server is using this database: stop it, or run the workflow on it with `flotilla runs start WORKFLOW --wait 5m`, or point this run at another store with FLOTILLA_STORAGE__URL")
         } else {
             e

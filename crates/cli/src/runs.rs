@@ -45,6 +45,11 @@ pub enum RunsCommand {
     /// and released, so whoever drives it stops and a replica resumes it under the new
     /// definition. SQLite is one process's: stop the server first.
     Migrate(MigrateArgs),
+    /// Delete finished runs older than --older-than, with their steps and events.
+    ///
+    /// Works on the store itself (SQLite: with the server stopped; PostgreSQL: any time).
+    /// A server prunes on its own with storage.retention; this is for one-off clean-ups.
+    Prune(crate::prune::PruneArgs),
 }
 
 /// `flotilla runs list`.
@@ -120,6 +125,7 @@ pub struct MigrateArgs {
 pub async fn run(command: RunsCommand) -> anyhow::Result<ExitCode> {
     let result = match command {
         RunsCommand::Migrate(args) => return migrate(args).await,
+        RunsCommand::Prune(args) => return crate::prune::prune(args).await,
         RunsCommand::List(args) => list(args).await,
         RunsCommand::Get(args) => on_run(args, reqwest::Method::GET, "").await,
         RunsCommand::Watch(args) => watch(args).await,

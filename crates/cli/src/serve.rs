@@ -52,6 +52,17 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
+/// Whether opening the store failed because another process (a server) holds the SQLite
+/// database.
+pub fn held_by_another(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<flotilla_store::StoreError>(),
+            Some(flotilla_store::StoreError::Locked(_))
+        )
+    })
+}
+
 async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -101,6 +101,7 @@ pub struct Engine {
     pub(crate) shared: Arc<Shared>,
     prober: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
     leases: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    pruner: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Engine {
@@ -221,8 +222,13 @@ impl Engine {
             shared,
             prober: Arc::new(Mutex::new(None)),
             leases: Arc::new(Mutex::new(None)),
+            pruner: Arc::new(Mutex::new(None)),
         };
         engine.start_prober();
+        *engine.pruner.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::retention::start(
+            Arc::downgrade(&engine.shared),
+            engine.shared.config.storage.retention.clone(),
+        ));
         engine.claim().await?;
         engine.start_leases();
         Ok(engine)
@@ -311,6 +317,7 @@ impl Engine {
             shared: self.shared.clone(),
             prober: Arc::new(Mutex::new(None)),
             leases: Arc::new(Mutex::new(None)),
+            pruner: Arc::new(Mutex::new(None)),
         };
         let every = self
             .shared
@@ -594,9 +601,12 @@ impl Engine {
     /// Waits up to `timeout` for a run to finish, then shows it (finished or not).
     pub async fn wait(&self, run_id: &str, timeout: Duration) -> Result<RunRecord> {
         let _ = self.wait_outcome(run_id, timeout).await;
-        self.run(run_id)
-            .await?
-            .ok_or_else(|| EngineError::RunNotFound(run_id.to_owned()))
+        self.run(run_id).await?.ok_or_else(|| self.missing(run_id))
+    }
+
+    /// The error for a run id the store does not hold: pruned by retention, or unknown.
+    pub fn missing(&self, run_id: &str) -> EngineError {
+        crate::retention::missing(run_id, &self.shared.config.storage.retention, now_ms())
     }
 
     /// Cancels a run and returns it as it ended.
@@ -613,12 +623,10 @@ impl Engine {
                 let _ =
                     tokio::time::timeout(Duration::from_secs(10), done.wait_for(Option::is_some))
                         .await;
-                self.run(run_id)
-                    .await?
-                    .ok_or_else(|| EngineError::RunNotFound(run_id.to_owned()))
+                self.run(run_id).await?.ok_or_else(|| self.missing(run_id))
             }
             None => match self.shared.env.store.run(run_id).await? {
-                None => Err(EngineError::RunNotFound(run_id.to_owned())),
+                None => Err(self.missing(run_id)),
                 Some(r) => Err(EngineError::AlreadyFinished(
                     run_id.to_owned(),
                     r.status.to_string(),
@@ -735,8 +743,10 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.accepting.store(false, Ordering::Release);
         let _ = self.shared.stop_flags.send(true);
-        if let Some(p) = self.prober.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            p.abort();
+        for task in [&self.prober, &self.pruner] {
+            if let Some(t) = task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                t.abort();
+            }
         }
         let deadline = tokio::time::Instant::now() + grace;
         loop {

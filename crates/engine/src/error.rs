@@ -17,6 +17,18 @@ pub enum EngineError {
     /// No run or task with that id.
     #[error("no run with id `{0}`")]
     RunNotFound(String),
+    /// No run with that id, and one that old would have been deleted by retention.
+    #[error(
+        "no run with id `{id}`: it started {age} ago, and storage.retention deletes finished runs after {keep}, so it was probably pruned"
+    )]
+    RunPruned {
+        /// The id asked for.
+        id: String,
+        /// How long ago its id says it started.
+        age: String,
+        /// The shortest retention time.
+        keep: String,
+    },
     /// The input does not satisfy the workflow's `input_schema`.
     #[error("the input does not match the workflow's input_schema")]
     InvalidInput(Vec<String>),

@@ -30,6 +30,7 @@ mod error;
 pub mod metrics;
 pub mod mlflow;
 mod process_metrics;
+pub mod retention;
 mod run;
 mod shared;
 mod task;

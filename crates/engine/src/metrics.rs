@@ -253,6 +253,12 @@ pub struct Metrics {
     pub budget_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     /// `llm_budget_exceeded_total{scope,name}`: calls refused by a budget.
     pub budget_exceeded: Family<BudgetLabels, Counter>,
+    /// `store_runs{status}`: runs the store holds, by status.
+    pub store_runs: Family<StatusLabels, Gauge>,
+    /// `store_size_bytes`: what the store takes on disk.
+    pub store_size: Gauge,
+    /// `runs_pruned_total{status}`: finished runs deleted by retention.
+    pub runs_pruned: Family<StatusLabels, Counter>,
 }
 
 impl Metrics {
@@ -298,6 +304,9 @@ impl Metrics {
             mlflow_export_errors: Counter::default(),
             flags: flotilla_flags::FlagMetrics::default(),
             budget_exceeded: Family::default(),
+            store_runs: Family::default(),
+            store_size: Gauge::default(),
+            runs_pruned: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -414,6 +423,26 @@ impl Metrics {
             "Feature flag evaluations by flag and result",
             m.flags.evaluations.clone(),
         );
+        r.register(
+            "store_runs",
+            "Runs the store holds, by status (refreshed every storage.retention.interval)",
+            m.store_runs.clone(),
+        );
+        r.register(
+            "store_size_bytes",
+            "Bytes the store takes on disk (SQLite: database and WAL; PostgreSQL: the database)",
+            m.store_size.clone(),
+        );
+        r.register(
+            "runs_pruned",
+            "Finished runs deleted by storage.retention (or flotilla runs prune), by status",
+            m.runs_pruned.clone(),
+        );
+        for status in ["succeeded", "failed", "cancelled", "timed_out"] {
+            drop(m.runs_pruned.get_or_create(&StatusLabels {
+                status: status.into(),
+            }));
+        }
         r.register(
             "flag_reload_errors",
             "Flag files rejected on reload (the last good flags stayed live)",

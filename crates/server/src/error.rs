@@ -175,7 +175,8 @@ impl From<EngineError> for ApiError {
             EngineError::UnknownWorkflow(_)
             | EngineError::UnknownAgent(_)
             | EngineError::UnknownCapability(_)
-            | EngineError::RunNotFound(_) => ApiError::NotFound(e.to_string()),
+            | EngineError::RunNotFound(_)
+            | EngineError::RunPruned { .. } => ApiError::NotFound(e.to_string()),
             EngineError::InvalidInput(details) => ApiError::BadRequest {
                 message: "the input does not match the workflow's input_schema".into(),
                 details,

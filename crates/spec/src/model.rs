@@ -12,8 +12,10 @@ use crate::units::{ByteSize, Dur};
 
 mod agent;
 mod auth;
+mod retention;
 pub use agent::*;
 pub use auth::*;
+pub use retention::*;
 
 /// A whole flotilla configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -239,6 +241,9 @@ pub struct StorageConfig {
     /// PostgreSQL: longest a statement may run.
     #[serde(default = "default_statement_timeout")]
     pub statement_timeout: Dur,
+    /// How long finished runs are kept (forever unless set).
+    #[serde(default, skip_serializing_if = "Retention::is_off")]
+    pub retention: Retention,
 }
 
 fn default_connect_timeout() -> Dur {
@@ -274,6 +279,7 @@ impl Default for StorageConfig {
             durability: Durability::Durable,
             connect_timeout: default_connect_timeout(),
             statement_timeout: default_statement_timeout(),
+            retention: Retention::default(),
         }
     }
 }

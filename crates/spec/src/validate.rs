@@ -88,6 +88,27 @@ pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
     if let Err(e) = crate::storage::Backend::of(&config.storage.url) {
         c.err("storage.url", &e);
     }
+    let retention = &config.storage.retention;
+    for name in retention.workflows.keys() {
+        if !config.workflows.contains_key(name) {
+            c.err(
+                &format!("storage.retention.workflows.{name}"),
+                format!(
+                    "no workflow named `{name}`{}",
+                    references::suggest(name, config.workflows.keys().map(String::as_str))
+                ),
+            );
+        }
+    }
+    if !(1..=10_000).contains(&retention.batch) {
+        c.err(
+            "storage.retention.batch",
+            "must be between 1 and 10000 runs",
+        );
+    }
+    if retention.interval.0 < std::time::Duration::from_millis(100) {
+        c.err("storage.retention.interval", "must be at least 100ms");
+    }
     check_auth(&mut c, config);
     for (name, agent) in &config.agents {
         check_agent(&mut c, config, name, agent);

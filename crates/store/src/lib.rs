@@ -130,6 +130,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<String>>;
     /// Gives up `owner`'s leases on unfinished runs, so that others take them at once.
     async fn release_leases(&self, owner: &str) -> Result<()>;
+    /// Deletes up to `limit` finished runs that `rule` matches, oldest first, with their
+    /// steps and events, in one short transaction; returns how many. A run in flight is
+    /// never touched.
+    async fn prune(&self, rule: &PruneRule, limit: u32) -> Result<u64>;
+    /// How many finished runs `rule` matches (what a prune would delete).
+    async fn count_prunable(&self, rule: &PruneRule) -> Result<u64>;
+    /// The bytes the store takes on disk (SQLite: the database and its WAL; PostgreSQL:
+    /// the database).
+    async fn size_bytes(&self) -> Result<u64>;
     /// Resolves when another process signals runs to claim (leases released). A store that
     /// one process owns never signals.
     async fn work_available(&self) {

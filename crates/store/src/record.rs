@@ -484,6 +484,29 @@ impl MetadataMatch {
     }
 }
 
+/// Which finished runs a prune deletes: those of one final status that finished before a
+/// time, of one workflow or of every workflow but some (those with rules of their own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneRule {
+    /// The final status (never queued or running: a run in flight is never pruned).
+    pub status: RunStatus,
+    /// Runs that finished before this, unix milliseconds.
+    pub finished_before: i64,
+    /// Which workflows' runs.
+    pub workflows: WorkflowMatch,
+}
+
+/// The workflows a [`PruneRule`] applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkflowMatch {
+    /// Every workflow (and tasks).
+    All,
+    /// One workflow.
+    Only(String),
+    /// Every workflow but these.
+    Except(Vec<String>),
+}
+
 /// How many runs a [`RunQuery`]'s filters match in each status (its `status`, `limit` and
 /// `before` are ignored). Statuses with no run are absent.
 pub type StatusCounts = Vec<(RunStatus, u64)>;

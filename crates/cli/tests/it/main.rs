@@ -28,6 +28,7 @@ mod real_llm;
 mod redis_cache;
 mod references;
 mod replicas;
+mod retention;
 mod rollout;
 mod schemathesis;
 mod secrets;

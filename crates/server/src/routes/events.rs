@@ -147,10 +147,7 @@ pub async fn stream(
     let engine = state.engine()?.clone();
     // Subscribe before reading the store so that nothing falls between the two.
     let live = BroadcastStream::new(engine.subscribe());
-    let run = engine
-        .run(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no run with id `{id}`")))?;
+    let run = engine.run(&id).await?.ok_or_else(|| engine.missing(&id))?;
     let after: i64 = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

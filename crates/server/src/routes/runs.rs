@@ -258,10 +258,7 @@ pub async fn get(
     _: NoQuery,
 ) -> Result<Json<RunRecord>, ApiError> {
     let engine = state.engine()?;
-    let run = engine
-        .run(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no run with id `{id}`")))?;
+    let run = engine.run(&id).await?.ok_or_else(|| engine.missing(&id))?;
     Ok(Json(run))
 }
 

@@ -20,8 +20,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::record::{
-    Claimed, CreateOutcome, EventRecord, MoveRuns, NewRun, RunQuery, RunRecord, RunSummary,
-    StatusCounts, VersionFilter, Write, usage_json,
+    Claimed, CreateOutcome, EventRecord, MoveRuns, NewRun, PruneRule, RunQuery, RunRecord,
+    RunSummary, StatusCounts, VersionFilter, WorkflowMatch, Write, usage_json,
 };
 use crate::{Result, Store, StoreError};
 
@@ -93,6 +93,25 @@ impl std::fmt::Debug for PostgresStore {
 
 /// Key of the advisory lock that serializes migrations across replicas.
 const MIGRATION_LOCK: i64 = 0x666c_6f74_696c_6c61; // "flotilla"
+/// Held (for a transaction) by the one replica pruning at a time.
+const PRUNE_LOCK: i64 = 0x666c_6f74_7072_756e; // "flotprun"
+
+/// The runs a [`PruneRule`] matches ($1 status, $2 finished before, $3 only this workflow or
+/// NULL, $4 workflows left out).
+macro_rules! prunable {
+    () => {
+        "FROM runs WHERE status = $1 AND finished_at < $2
+           AND ($3::text IS NULL OR workflow = $3) AND NOT (workflow = ANY($4::text[]))"
+    };
+}
+
+fn prunable_params(rule: &PruneRule) -> (Option<&str>, Vec<String>) {
+    match &rule.workflows {
+        WorkflowMatch::All => (None, Vec::new()),
+        WorkflowMatch::Only(w) => (Some(w.as_str()), Vec::new()),
+        WorkflowMatch::Except(ws) => (None, ws.clone()),
+    }
+}
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -106,6 +125,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         6,
         include_str!("../../migrations/postgres/0006_status_index.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_retention.sql"),
     ),
 ];
 
@@ -593,6 +616,60 @@ impl Store for PostgresStore {
                 .await?;
         }
         Ok(ids)
+    }
+
+    /// One replica prunes at a time (the others find the lock taken and skip the round);
+    /// rows another transaction holds are skipped, not waited for.
+    async fn prune(&self, rule: &PruneRule, limit: u32) -> Result<u64> {
+        if !rule.status.is_terminal() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(PRUNE_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !ours {
+            return Ok(0);
+        }
+        let (only, except) = prunable_params(rule);
+        let pruned: i64 = sqlx::query_scalar(concat!(
+            "WITH doomed AS (SELECT id ",
+            prunable!(),
+            " ORDER BY finished_at LIMIT $5 FOR UPDATE SKIP LOCKED),
+                  events_gone AS (DELETE FROM events WHERE run_id IN (SELECT id FROM doomed)),
+                  steps_gone AS (DELETE FROM steps WHERE run_id IN (SELECT id FROM doomed)),
+                  runs_gone AS (DELETE FROM runs WHERE id IN (SELECT id FROM doomed) RETURNING 1)
+             SELECT count(*) FROM runs_gone"
+        ))
+        .bind(rule.status.as_str())
+        .bind(rule.finished_before)
+        .bind(only)
+        .bind(&except)
+        .bind(i64::from(limit))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(pruned as u64)
+    }
+
+    async fn count_prunable(&self, rule: &PruneRule) -> Result<u64> {
+        let (only, except) = prunable_params(rule);
+        let n: i64 = sqlx::query_scalar(concat!("SELECT count(*) ", prunable!()))
+            .bind(rule.status.as_str())
+            .bind(rule.finished_before)
+            .bind(only)
+            .bind(&except)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn size_bytes(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
     }
 
     async fn work_available(&self) {

@@ -5,7 +5,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::record::{CreateOutcome, MoveRuns, NewRun, Write, usage_json};
+use crate::record::{CreateOutcome, MoveRuns, NewRun, PruneRule, Write, usage_json};
 use crate::{Result, StoreError};
 
 /// Work for the writer.
@@ -17,6 +17,8 @@ pub(crate) enum Job {
     /// A write of this many bytes (one row of `write_probe`), to learn whether writes work
     /// again.
     Probe(usize, oneshot::Sender<Result<()>>),
+    /// Delete up to this many finished runs a rule matches, then give freed pages back.
+    Prune(Box<PruneRule>, u32, oneshot::Sender<Result<u64>>),
     /// The write connection's journal mode and `synchronous` level.
     Pragmas(oneshot::Sender<Result<(String, i64)>>),
 }
@@ -67,6 +69,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_status_index.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_retention.sql"),
+    ),
 ];
 
 /// How long the writer polls for more work before it sleeps. A sequential workflow's next
@@ -110,6 +116,7 @@ enum Reply {
     ),
     Unit(oneshot::Sender<Result<()>>, Result<()>),
     Ids(oneshot::Sender<Result<Vec<String>>>, Result<Vec<String>>),
+    Count(oneshot::Sender<Result<u64>>, Result<u64>),
 }
 
 /// Whether a job failed because the database cannot be written (a full disk, an I/O error,
@@ -158,6 +165,10 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>, health: &WriteHealth) {
                     if let Some(reply) = reply {
                         replies.push(Reply::Unit(reply, r));
                     }
+                }
+                Job::Prune(rule, limit, reply) => {
+                    let r = savepoint(&tx, |tx| prune(tx, &rule, limit));
+                    replies.push(Reply::Count(reply, r));
                 }
                 Job::Migrate(reply) => {
                     let r = savepoint(&tx, migrate);
@@ -213,6 +224,8 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>, health: &WriteHealth) {
             (Reply::Unit(tx, _), Err(e)) => drop(tx.send(Err(commit_error(e)))),
             (Reply::Ids(tx, r), Ok(())) => drop(tx.send(r)),
             (Reply::Ids(tx, _), Err(e)) => drop(tx.send(Err(commit_error(e)))),
+            (Reply::Count(tx, r), Ok(())) => drop(tx.send(r)),
+            (Reply::Count(tx, _), Err(e)) => drop(tx.send(Err(commit_error(e)))),
         }
     }
 }
@@ -307,6 +320,56 @@ fn move_runs(tx: &rusqlite::Transaction<'_>, m: &MoveRuns) -> Result<Vec<String>
     )?;
     let ids = stmt.query_map(params![m.from_hash, m.to_hash, m.at], |r| r.get(0))?;
     Ok(ids.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
+/// The runs a [`PruneRule`] matches (parameters: status, finished before, only this
+/// workflow or NULL, a JSON array of workflows left out), oldest first.
+pub(crate) const PRUNABLE: &str = "FROM runs WHERE status = ?1 AND finished_at < ?2
+       AND (?3 IS NULL OR workflow = ?3) AND workflow NOT IN (SELECT value FROM json_each(?4))";
+
+/// A rule's parameters in [`PRUNABLE`]'s order.
+pub(crate) fn prunable_params(rule: &PruneRule) -> (&'static str, i64, Option<&str>, String) {
+    use crate::record::WorkflowMatch;
+    let (only, except) = match &rule.workflows {
+        WorkflowMatch::All => (None, "[]".to_owned()),
+        WorkflowMatch::Only(w) => (Some(w.as_str()), "[]".to_owned()),
+        WorkflowMatch::Except(ws) => (None, serde_json::to_string(ws).unwrap_or_default()),
+    };
+    (rule.status.as_str(), rule.finished_before, only, except)
+}
+
+/// Pages handed back to the file system after each prune batch (4 KiB each).
+const VACUUM_PAGES: u32 = 4096;
+
+fn prune(tx: &rusqlite::Transaction<'_>, rule: &PruneRule, limit: u32) -> Result<u64> {
+    if !rule.status.is_terminal() {
+        return Ok(0);
+    }
+    let (status, before, only, except) = prunable_params(rule);
+    let ids: Vec<String> = tx
+        .prepare_cached(&format!(
+            "SELECT id {PRUNABLE} ORDER BY finished_at LIMIT ?5"
+        ))?
+        .query_map(params![status, before, only, except, limit], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in &ids {
+        tx.prepare_cached("DELETE FROM events WHERE run_id = ?1")?
+            .execute([id])?;
+        tx.prepare_cached("DELETE FROM steps WHERE run_id = ?1")?
+            .execute([id])?;
+        tx.prepare_cached("DELETE FROM runs WHERE id = ?1")?
+            .execute([id])?;
+    }
+    if !ids.is_empty() {
+        // With incremental auto-vacuum, free pages go back to the file system (the file
+        // shrinks at the next checkpoint); without it this does nothing.
+        // Each step of the pragma frees one page: step it to the end.
+        let mut vacuum =
+            tx.prepare_cached(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+        let mut steps = vacuum.raw_query();
+        while steps.next()?.is_some() {}
+    }
+    Ok(ids.len() as u64)
 }
 
 fn apply(tx: &rusqlite::Transaction<'_>, writes: &[Write]) -> Result<()> {

@@ -483,3 +483,101 @@ pub async fn list_filters_and_counts(store: &dyn Store) {
     assert!(MetadataMatch::new("bad key", "x").is_none());
     assert!(MetadataMatch::new("", "x").is_none());
 }
+
+/// Stores run `id` of `workflow`, with a step and an event, ending in `status` at `at`
+/// (`running` leaves it in flight).
+async fn run_ending(store: &dyn Store, id: &str, workflow: &str, status: RunStatus, at: i64) {
+    let mut run = new_run(id, Some(&format!("key-{id}")));
+    run.workflow = workflow.into();
+    store.create_run(run).await.unwrap();
+    store
+        .commit(vec![
+            Write::Step {
+                run_id: id.into(),
+                step: step("a", StepStatus::Succeeded),
+            },
+            Write::Event(EventRecord {
+                run_id: id.into(),
+                seq: 1,
+                at,
+                kind: EventKind::StepSucceeded,
+                step_id: Some("a".into()),
+                data: json!({}),
+            }),
+            Write::Run {
+                run_id: id.into(),
+                status,
+                output: None,
+                error: None,
+                at,
+            },
+        ])
+        .await
+        .unwrap();
+}
+
+pub async fn prune_deletes_expired_runs_with_their_steps_and_events(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    for i in 0..5 {
+        run_ending(
+            store,
+            &format!("old-{i}"),
+            "w",
+            RunStatus::Succeeded,
+            100 + i,
+        )
+        .await;
+    }
+    run_ending(store, "old-failed", "w", RunStatus::Failed, 100).await;
+    run_ending(store, "old-audit", "audit", RunStatus::Succeeded, 100).await;
+    run_ending(store, "new", "w", RunStatus::Succeeded, 5_000).await;
+    run_ending(store, "in-flight", "w", RunStatus::Running, 50).await;
+    let rule = PruneRule {
+        status: RunStatus::Succeeded,
+        finished_before: 1_000,
+        workflows: WorkflowMatch::Except(vec!["audit".into()]),
+    };
+    assert_eq!(store.count_prunable(&rule).await.unwrap(), 5);
+    // Two at a time: each call deletes a batch, oldest first.
+    assert_eq!(store.prune(&rule, 2).await.unwrap(), 2);
+    assert!(store.run("old-0").await.unwrap().is_none());
+    assert!(store.run("old-2").await.unwrap().is_some());
+    assert_eq!(store.prune(&rule, 2).await.unwrap(), 2);
+    assert_eq!(store.prune(&rule, 2).await.unwrap(), 1);
+    assert_eq!(store.prune(&rule, 2).await.unwrap(), 0);
+    for i in 0..5 {
+        let id = format!("old-{i}");
+        assert!(store.run(&id).await.unwrap().is_none(), "{id}");
+        assert!(store.events(&id, 0).await.unwrap().is_empty(), "{id}");
+    }
+    // The idempotency key went with the run: it starts a new run now.
+    assert_eq!(
+        store
+            .create_run(new_run("again", Some("key-old-0")))
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    // Other statuses, workflows left out, newer runs and runs in flight stay.
+    for id in ["old-failed", "old-audit", "new", "in-flight"] {
+        let run = store.run(id).await.unwrap().expect(id);
+        assert_eq!(run.steps.len(), 1, "{id}");
+        assert_eq!(store.events(id, 0).await.unwrap().len(), 1, "{id}");
+    }
+    let audit = PruneRule {
+        status: RunStatus::Succeeded,
+        finished_before: 1_000,
+        workflows: WorkflowMatch::Only("audit".into()),
+    };
+    assert_eq!(store.prune(&audit, 10).await.unwrap(), 1);
+    assert!(store.run("old-audit").await.unwrap().is_none());
+    // A rule can never reach runs in flight, whatever it says.
+    let running = PruneRule {
+        status: RunStatus::Running,
+        finished_before: i64::MAX,
+        workflows: WorkflowMatch::All,
+    };
+    assert_eq!(store.prune(&running, 10).await.unwrap(), 0);
+    assert!(store.run("in-flight").await.unwrap().is_some());
+    assert!(store.size_bytes().await.unwrap() > 0);
+}

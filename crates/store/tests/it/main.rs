@@ -31,6 +31,7 @@ macro_rules! all_behaviours {
             claims_by_version,
             runs_move_between_definitions,
             list_filters_and_counts,
+            prune_deletes_expired_runs_with_their_steps_and_events,
         );
     };
 }

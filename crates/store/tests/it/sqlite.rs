@@ -102,3 +102,48 @@ async fn a_status_flotilla_never_writes_reads_as_corrupt() {
         .unwrap();
     behaviour::exploded_status_reads_as_corrupt(&store).await;
 }
+
+#[tokio::test]
+async fn the_file_shrinks_after_a_large_prune() {
+    use flotilla_store::{PruneRule, RunStatus, WorkflowMatch, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let url = format!("sqlite://{}", path.display());
+    let open = || SqliteStore::open(&url, SqliteOptions::default());
+    {
+        let store = open().await.unwrap();
+        store.migrate().await.unwrap();
+        let big = "x".repeat(8 * 1024);
+        for i in 0..2_000 {
+            let id = format!("r{i:05}");
+            let mut run = behaviour::new_run(&id, None);
+            run.input = serde_json::json!({ "text": big });
+            store.create_run(run).await.unwrap();
+            store.enqueue(vec![Write::Run {
+                run_id: id,
+                status: RunStatus::Succeeded,
+                output: None,
+                error: None,
+                at: 10,
+            }]);
+        }
+        store.commit(Vec::new()).await.unwrap();
+    }
+    let full = std::fs::metadata(&path).unwrap().len();
+    assert!(full > 16 << 20, "{full} bytes");
+    {
+        let store = open().await.unwrap();
+        let rule = PruneRule {
+            status: RunStatus::Succeeded,
+            finished_before: 1_000,
+            workflows: WorkflowMatch::All,
+        };
+        while store.prune(&rule, 200).await.unwrap() > 0 {}
+        assert_eq!(store.count_prunable(&rule).await.unwrap(), 0);
+    }
+    let pruned = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        pruned < full / 10,
+        "{full} bytes before the prune, {pruned} after"
+    );
+}
