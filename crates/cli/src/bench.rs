@@ -69,6 +69,99 @@ pub struct BenchArgs {
     /// Accept a store on tmpfs, where fsync costs nothing (the figures then flatter durability).
     #[arg(long)]
     allow_tmpfs: bool,
+    /// Store this many finished 10-step runs (each with its steps and events, finished a
+    /// day ago) before the workload: the workload then runs on a store that size.
+    #[arg(long, default_value_t = 0)]
+    preload: usize,
+    /// Prune during the workload: storage.retention keeps succeeded runs an hour, so the
+    /// preloaded runs are expired and the server's pruner deletes them while the workload
+    /// runs (the JSON line counts them).
+    #[arg(long, requires = "preload")]
+    prune: bool,
+}
+
+/// Stores `n` succeeded 10-step chain runs, with their steps and events, finished a day ago.
+async fn preload(store: Arc<dyn flotilla_store::Store>, n: usize) -> anyhow::Result<()> {
+    use flotilla_store::{EventKind, EventRecord, NewRun, RunKind, StepRecord, StepStatus, Write};
+    let day_ago = flotilla_engine::now_ms() - 86_400_000;
+    let limit = Arc::new(tokio::sync::Semaphore::new(512));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = limit.clone().acquire_owned().await?;
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = uuid::Uuid::now_v7().to_string();
+            store
+                .create_run(NewRun {
+                    id: id.clone(),
+                    kind: RunKind::Workflow,
+                    workflow: "chain".into(),
+                    definition_hash: "bench-preload".into(),
+                    definition: (i == 0).then(|| "{}".into()),
+                    priority: "normal".into(),
+                    input: json!({"i": i}),
+                    metadata: json!({}),
+                    idempotency_key: None,
+                    created_at: day_ago,
+                    deadline_at: None,
+                    owner: None,
+                    lease_until: None,
+                    version: None,
+                })
+                .await?;
+            let event = |seq: i64, kind, step: Option<String>| {
+                Write::Event(EventRecord {
+                    run_id: id.clone(),
+                    seq,
+                    at: day_ago,
+                    kind,
+                    step_id: step,
+                    data: json!({}),
+                })
+            };
+            let mut writes = vec![event(1, EventKind::RunStarted, None)];
+            for s in 0..10 {
+                let step_id = format!("s{s}");
+                writes.push(Write::Step {
+                    run_id: id.clone(),
+                    step: StepRecord {
+                        step_id: step_id.clone(),
+                        status: StepStatus::Succeeded,
+                        attempts: 1,
+                        output: Some(json!({"i": i})),
+                        error: None,
+                        started_at: Some(day_ago),
+                        finished_at: Some(day_ago),
+                        agent: Some("noop".into()),
+                        usage: None,
+                    },
+                });
+                writes.push(event(2 + s, EventKind::StepSucceeded, Some(step_id)));
+            }
+            writes.push(event(12, EventKind::RunFinished, None));
+            writes.push(Write::Run {
+                run_id: id.clone(),
+                status: RunStatus::Succeeded,
+                output: Some(json!({"i": i})),
+                error: None,
+                at: day_ago,
+            });
+            store.enqueue(writes);
+            drop(permit);
+            anyhow::Ok(())
+        });
+        if i == 0 {
+            // The first run stores the definition the others point at.
+            while let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    store.commit(Vec::new()).await?;
+    Ok(())
 }
 
 /// The file system type of the mount holding `path` (from /proc/self/mountinfo).
@@ -198,7 +291,11 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
              run from a directory on disk, or pass --allow-tmpfs"
         );
     }
-    let config = Arc::new(config(&url, args.relaxed, args.pool_size)?);
+    let mut config = config(&url, args.relaxed, args.pool_size)?;
+    if args.prune {
+        config.storage.retention.succeeded = Some(flotilla_spec::Dur::secs(3600));
+    }
+    let config = Arc::new(config);
     if args.replicas > 1 && !backend.is_shared() {
         bail!("--replicas needs a shared store (--store postgres://…); SQLite serves one process");
     }
@@ -215,14 +312,38 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         telemetry = Some(crate::logging::init(&observed)?);
     }
     let mut engines = Vec::new();
+    let metrics = Arc::new(Metrics::new());
+    let mut preload_s = 0.0;
     for i in 0..args.replicas.max(1) {
         let mut own = (*config).clone();
         own.engine.replica_id = Some(format!("bench-{i}-{}", uuid::Uuid::now_v7().simple()));
         let own = Arc::new(own);
+        if i == 0 && args.preload > 0 {
+            // Through its own handle, closed before the engine opens the store: the workload
+            // starts on a settled database (SQLite's WAL checkpointed), as a server would.
+            let store = crate::serve::open_store(&own).await?;
+            store.migrate().await?;
+            let started = Instant::now();
+            preload(store, args.preload).await?;
+            preload_s = started.elapsed().as_secs_f64();
+        }
         let store = crate::serve::open_store(&own).await?;
         store.migrate().await?;
-        engines.push(Engine::start(own, store, Arc::new(Metrics::new())).await?);
+        let own_metrics = if i == 0 {
+            metrics.clone()
+        } else {
+            Arc::new(Metrics::new())
+        };
+        engines.push(Engine::start(own, store, own_metrics).await?);
     }
+    let pruned = || {
+        metrics
+            .runs_pruned
+            .get_or_create(&flotilla_engine::metrics::StatusLabels {
+                status: "succeeded".into(),
+            })
+            .get()
+    };
     let engine = engines[0].clone();
     let (workflow, steps, n) = match args.workload {
         Workload::Chain => ("chain", 10, args.workflows.unwrap_or(200)),
@@ -234,6 +355,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?;
+    let pruned_before = pruned();
     let started = Instant::now();
     match args.workload {
         Workload::Chain | Workload::Fanout => {
@@ -263,6 +385,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let wall = started.elapsed().as_secs_f64();
+    let pruned_during = pruned() - pruned_before;
     let durability = if config.storage.durability == Durability::Durable {
         "durable"
     } else {
@@ -292,6 +415,11 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         e.shutdown(Duration::ZERO).await;
     }
     let mut line = line;
+    if args.preload > 0 {
+        line["preloaded_runs"] = json!(args.preload);
+        line["preload_s"] = json!((preload_s * 10.0).round() / 10.0);
+        line["pruned_runs_during_workload"] = json!(pruned_during);
+    }
     if let (Some(t), Some(bytes)) = (telemetry, exported) {
         t.shutdown().await;
         line["otlp_bytes"] = json!(bytes.load(Ordering::Relaxed));
