@@ -102,6 +102,7 @@ pub struct Engine {
     prober: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
     leases: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
     pruner: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    backups: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Engine {
@@ -223,8 +224,10 @@ impl Engine {
             prober: Arc::new(Mutex::new(None)),
             leases: Arc::new(Mutex::new(None)),
             pruner: Arc::new(Mutex::new(None)),
+            backups: Arc::new(Mutex::new(None)),
         };
         engine.start_prober();
+        engine.start_backups();
         *engine.pruner.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::retention::start(
             Arc::downgrade(&engine.shared),
             engine.shared.config.storage.retention.clone(),
@@ -232,6 +235,31 @@ impl Engine {
         engine.claim().await?;
         engine.start_leases();
         Ok(engine)
+    }
+
+    /// On a store one process owns (SQLite), this process takes the scheduled backups; on a
+    /// shared one, the deployment's CronJob does (`flotilla backup scheduled`).
+    fn start_backups(&self) {
+        let backup = &self.shared.config.backup;
+        let Some(text) = backup.schedule.as_deref().filter(|_| backup.enabled) else {
+            return;
+        };
+        if self.shared.env.store.is_shared() {
+            tracing::info!(
+                "backup.schedule is for `flotilla backup scheduled` (the generated CronJob) on a shared store; this server takes none"
+            );
+            return;
+        }
+        match flotilla_spec::schedule::Schedule::parse(text) {
+            Ok(schedule) => {
+                *self.backups.lock().unwrap_or_else(|e| e.into_inner()) = Some(
+                    crate::backups::start(Arc::downgrade(&self.shared), schedule),
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "backup.schedule does not parse; no scheduled backups")
+            }
+        }
     }
 
     fn start_prober(&self) {
@@ -318,6 +346,7 @@ impl Engine {
             prober: Arc::new(Mutex::new(None)),
             leases: Arc::new(Mutex::new(None)),
             pruner: Arc::new(Mutex::new(None)),
+            backups: Arc::new(Mutex::new(None)),
         };
         let every = self
             .shared
@@ -743,7 +772,7 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.accepting.store(false, Ordering::Release);
         let _ = self.shared.stop_flags.send(true);
-        for task in [&self.prober, &self.pruner] {
+        for task in [&self.prober, &self.pruner, &self.backups] {
             if let Some(t) = task.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 t.abort();
             }

@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backups;
 pub(crate) mod call;
 mod clock;
 mod engine;

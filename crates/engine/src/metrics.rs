@@ -259,6 +259,12 @@ pub struct Metrics {
     pub store_size: Gauge,
     /// `runs_pruned_total{status}`: finished runs deleted by retention.
     pub runs_pruned: Family<StatusLabels, Counter>,
+    /// `backup_last_success_timestamp_seconds`: when the latest backup succeeded.
+    pub backup_last_success: Gauge<f64, AtomicU64>,
+    /// `backup_duration_seconds`: how long the latest successful backup took.
+    pub backup_duration: Gauge<f64, AtomicU64>,
+    /// `backup_failures_total`: backups that failed.
+    pub backup_failures: Counter,
 }
 
 impl Metrics {
@@ -307,6 +313,9 @@ impl Metrics {
             store_runs: Family::default(),
             store_size: Gauge::default(),
             runs_pruned: Family::default(),
+            backup_last_success: Gauge::default(),
+            backup_duration: Gauge::default(),
+            backup_failures: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -437,6 +446,21 @@ impl Metrics {
             "runs_pruned",
             "Finished runs deleted by storage.retention (or flotilla runs prune), by status",
             m.runs_pruned.clone(),
+        );
+        r.register(
+            "backup_last_success_timestamp_seconds",
+            "When the latest scheduled backup succeeded (from the store's backup records)",
+            m.backup_last_success.clone(),
+        );
+        r.register(
+            "backup_duration_seconds",
+            "How long the latest successful scheduled backup took",
+            m.backup_duration.clone(),
+        );
+        r.register(
+            "backup_failures",
+            "Scheduled backups that failed (from the store's backup records)",
+            m.backup_failures.clone(),
         );
         for status in ["succeeded", "failed", "cancelled", "timed_out"] {
             drop(m.runs_pruned.get_or_create(&StatusLabels {

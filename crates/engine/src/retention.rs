@@ -135,7 +135,7 @@ pub async fn measure(store: &dyn Store, metrics: &Metrics) -> flotilla_store::Re
 }
 
 /// Every `storage.retention.interval` (a minute when retention is off): prunes what expired,
-/// then measures the store. Ends when the engine is dropped.
+/// then measures the store and reads its backup records. Ends when the engine is dropped.
 pub(crate) fn start(shared: Weak<Shared>, retention: Retention) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(retention.interval.0);
@@ -164,6 +164,9 @@ pub(crate) fn start(shared: Weak<Shared>, retention: Retention) -> tokio::task::
             }
             if let Err(e) = measure(store, metrics).await {
                 tracing::debug!(error = %e, "measuring the store failed");
+            }
+            if let Err(e) = crate::backups::measure(store, metrics).await {
+                tracing::debug!(error = %e, "reading the backup records failed");
             }
         }
     })

@@ -28,6 +28,7 @@ mod interpolate;
 mod load;
 mod model;
 pub mod redact;
+pub mod schedule;
 pub mod secret;
 pub mod slo;
 pub mod storage;

@@ -12,9 +12,11 @@ use crate::units::{ByteSize, Dur};
 
 mod agent;
 mod auth;
+mod backup;
 mod retention;
 pub use agent::*;
 pub use auth::*;
+pub use backup::*;
 pub use retention::*;
 
 /// A whole flotilla configuration.
@@ -31,6 +33,9 @@ pub struct Config {
     /// Where durable state lives.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Scheduled backups of the store.
+    #[serde(default)]
+    pub backup: BackupConfig,
     /// Engine-wide limits.
     #[serde(default)]
     pub engine: EngineConfig,
@@ -75,6 +80,7 @@ impl Config {
     pub const SECTIONS: &'static [&'static str] = &[
         "server",
         "storage",
+        "backup",
         "engine",
         "logging",
         "observability",

@@ -88,6 +88,14 @@ pub fn validate(config: &Config, index: &SpanIndex) -> Vec<Diagnostic> {
     if let Err(e) = crate::storage::Backend::of(&config.storage.url) {
         c.err("storage.url", &e);
     }
+    if let Some(schedule) = &config.backup.schedule
+        && let Err(e) = crate::schedule::Schedule::parse(schedule)
+    {
+        c.err("backup.schedule", &e);
+    }
+    if config.backup.dir.as_os_str().is_empty() {
+        c.err("backup.dir", "must name a directory");
+    }
     let retention = &config.storage.retention;
     for name in retention.workflows.keys() {
         if !config.workflows.contains_key(name) {

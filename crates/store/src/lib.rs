@@ -139,6 +139,10 @@ pub trait Store: Send + Sync + 'static {
     /// The bytes the store takes on disk (SQLite: the database and its WAL; PostgreSQL:
     /// the database).
     async fn size_bytes(&self) -> Result<u64>;
+    /// Records a backup's outcome.
+    async fn record_backup(&self, backup: &BackupRecord) -> Result<()>;
+    /// The latest successful backup and the failures.
+    async fn backup_stats(&self) -> Result<BackupStats>;
     /// Resolves when another process signals runs to claim (leases released). A store that
     /// one process owns never signals.
     async fn work_available(&self) {

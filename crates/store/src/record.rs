@@ -484,6 +484,32 @@ impl MetadataMatch {
     }
 }
 
+/// One backup's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRecord {
+    /// When it started, unix milliseconds.
+    pub started_at: i64,
+    /// When it ended.
+    pub finished_at: i64,
+    /// The file it wrote (or meant to).
+    pub file: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Why it failed; `None` when it succeeded.
+    pub error: Option<String>,
+}
+
+/// What the recorded backups say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackupStats {
+    /// When the latest successful backup ended, unix milliseconds.
+    pub last_success_at: Option<i64>,
+    /// How long the latest successful backup took, milliseconds.
+    pub last_duration_ms: Option<i64>,
+    /// Backups that failed, ever.
+    pub failures: u64,
+}
+
 /// Which finished runs a prune deletes: those of one final status that finished before a
 /// time, of one workflow or of every workflow but some (those with rules of their own).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,6 +30,7 @@ mod references;
 mod replicas;
 mod retention;
 mod rollout;
+mod scheduled_backups;
 mod schemathesis;
 mod secrets;
 mod tls;

@@ -20,8 +20,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::record::{
-    Claimed, CreateOutcome, EventRecord, MoveRuns, NewRun, PruneRule, RunQuery, RunRecord,
-    RunSummary, StatusCounts, VersionFilter, WorkflowMatch, Write, usage_json,
+    BackupRecord, BackupStats, Claimed, CreateOutcome, EventRecord, MoveRuns, NewRun, PruneRule,
+    RunQuery, RunRecord, RunSummary, StatusCounts, VersionFilter, WorkflowMatch, Write, usage_json,
 };
 use crate::{Result, Store, StoreError};
 
@@ -129,6 +129,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../../migrations/postgres/0007_retention.sql"),
+    ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_backups.sql"),
     ),
 ];
 
@@ -663,6 +667,38 @@ impl Store for PostgresStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(n as u64)
+    }
+
+    async fn record_backup(&self, b: &BackupRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO backups (started_at, finished_at, file, bytes, error) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(b.started_at)
+        .bind(b.finished_at)
+        .bind(&b.file)
+        .bind(b.bytes as i64)
+        .bind(&b.error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn backup_stats(&self) -> Result<BackupStats> {
+        let last: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT finished_at, finished_at - started_at FROM backups WHERE error IS NULL
+             ORDER BY finished_at DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let failures: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM backups WHERE error IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(BackupStats {
+            last_success_at: last.map(|l| l.0),
+            last_duration_ms: last.map(|l| l.1),
+            failures: failures as u64,
+        })
     }
 
     async fn size_bytes(&self) -> Result<u64> {

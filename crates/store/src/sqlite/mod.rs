@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::record::{
-    Claimed, CreateOutcome, EventRecord, MoveRuns, NewRun, PruneRule, RunQuery, RunRecord,
-    RunSummary, StatusCounts, VersionFilter, Write,
+    BackupRecord, BackupStats, Claimed, CreateOutcome, EventRecord, MoveRuns, NewRun, PruneRule,
+    RunQuery, RunRecord, RunSummary, StatusCounts, VersionFilter, Write,
 };
 use crate::{Result, Store, StoreError};
 use writer::Job;
@@ -376,6 +376,33 @@ impl Store for SqliteStore {
                     r.get(0)
                 })?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn record_backup(&self, backup: &BackupRecord) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Backup(Box::new(backup.clone()), tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn backup_stats(&self) -> Result<BackupStats> {
+        self.read(|c| {
+            let last: Option<(i64, i64)> = c
+                .prepare_cached(
+                    "SELECT finished_at, finished_at - started_at FROM backups WHERE error IS NULL
+                     ORDER BY finished_at DESC LIMIT 1",
+                )?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let failures: i64 = c
+                .prepare_cached("SELECT count(*) FROM backups WHERE error IS NOT NULL")?
+                .query_row([], |r| r.get(0))?;
+            Ok(BackupStats {
+                last_success_at: last.map(|l| l.0),
+                last_duration_ms: last.map(|l| l.1),
+                failures: failures as u64,
+            })
         })
         .await
     }

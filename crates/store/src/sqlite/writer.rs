@@ -5,7 +5,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::record::{CreateOutcome, MoveRuns, NewRun, PruneRule, Write, usage_json};
+use crate::record::{BackupRecord, CreateOutcome, MoveRuns, NewRun, PruneRule, Write, usage_json};
 use crate::{Result, StoreError};
 
 /// Work for the writer.
@@ -19,6 +19,8 @@ pub(crate) enum Job {
     Probe(usize, oneshot::Sender<Result<()>>),
     /// Delete up to this many finished runs a rule matches, then give freed pages back.
     Prune(Box<PruneRule>, u32, oneshot::Sender<Result<u64>>),
+    /// Record a backup's outcome.
+    Backup(Box<BackupRecord>, oneshot::Sender<Result<()>>),
     /// The write connection's journal mode and `synchronous` level.
     Pragmas(oneshot::Sender<Result<(String, i64)>>),
 }
@@ -73,6 +75,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../migrations/sqlite/0006_retention.sql"),
     ),
+    (7, include_str!("../../migrations/sqlite/0007_backups.sql")),
 ];
 
 /// How long the writer polls for more work before it sleeps. A sequential workflow's next
@@ -169,6 +172,16 @@ fn process(conn: &mut Connection, batch: &mut Vec<Job>, health: &WriteHealth) {
                 Job::Prune(rule, limit, reply) => {
                     let r = savepoint(&tx, |tx| prune(tx, &rule, limit));
                     replies.push(Reply::Count(reply, r));
+                }
+                Job::Backup(b, reply) => {
+                    let r = savepoint(&tx, |tx| {
+                        tx.prepare_cached(
+                            "INSERT INTO backups (started_at, finished_at, file, bytes, error) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![b.started_at, b.finished_at, b.file, b.bytes as i64, b.error])?;
+                        Ok(())
+                    });
+                    replies.push(Reply::Unit(reply, r));
                 }
                 Job::Migrate(reply) => {
                     let r = savepoint(&tx, migrate);

@@ -14,6 +14,8 @@ use flotilla_spec::storage::Backend;
 
 use crate::{Result, StoreError};
 
+pub mod files;
+
 fn backend(url: &str) -> Result<Backend> {
     Backend::of(url)
         .map_err(|e| StoreError::Url(format!("{}: {e}", flotilla_spec::redact::redact_url(url))))
@@ -82,6 +84,144 @@ async fn pg_restore(url: &str, src: &Path, force: bool) -> Result<()> {
     })
     .await
     .map_err(|_| StoreError::Closed)?
+}
+
+/// What a verified backup holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// `sqlite` or `postgres`.
+    pub kind: &'static str,
+    /// Runs, steps and events in it.
+    pub runs: u64,
+    /// Steps.
+    pub steps: u64,
+    /// Events.
+    pub events: u64,
+}
+
+/// Restores `file` into a temporary store and checks it: a SQLite copy must pass
+/// `PRAGMA integrity_check`; a `pg_dump` archive is restored into a temporary database on
+/// the PostgreSQL server at `pg_url` (dropped afterwards). Either way the runs, steps and
+/// events must read back.
+pub async fn verify(file: &Path, pg_url: Option<&str>) -> Result<Verified> {
+    let mut head = [0u8; 16];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(file)?;
+        let n = f.read(&mut head)?;
+        if n < 5 {
+            return Err(StoreError::Corrupt(format!(
+                "{} is too short to be a backup",
+                file.display()
+            )));
+        }
+    }
+    if head.starts_with(b"SQLite format 3\0") {
+        let file = file.to_owned();
+        return tokio::task::spawn_blocking(move || verify_sqlite(&file))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+    }
+    if head.starts_with(b"PGDMP") {
+        let url = pg_url.ok_or_else(|| {
+            StoreError::Refused(
+                "verifying a pg_dump archive restores it into a temporary database: set storage.url to a PostgreSQL server".into(),
+            )
+        })?;
+        return verify_postgres(file, url).await;
+    }
+    Err(StoreError::Corrupt(format!(
+        "{} is neither a SQLite database nor a pg_dump archive",
+        file.display()
+    )))
+}
+
+fn verify_sqlite(file: &Path) -> Result<Verified> {
+    // A copy, so that checking never changes the backup.
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("verify.db");
+    std::fs::copy(file, &copy)?;
+    let conn = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if problems != ["ok"] {
+        return Err(StoreError::Corrupt(format!(
+            "{} fails the integrity check: {}",
+            file.display(),
+            problems.join("; ")
+        )));
+    }
+    let count = |table: &str| -> Result<u64> {
+        let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+        Ok(n as u64)
+    };
+    Ok(Verified {
+        kind: "sqlite",
+        runs: count("runs")?,
+        steps: count("steps")?,
+        events: count("events")?,
+    })
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+async fn verify_postgres(file: &Path, url: &str) -> Result<Verified> {
+    use sqlx::Connection as _;
+    let scratch = format!("flotilla_verify_{:x}", files::now_ms());
+    let mut admin = sqlx::PgConnection::connect(url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {scratch}")))
+        .execute(&mut admin)
+        .await?;
+    let target = with_database(url, &scratch);
+    let checked = async {
+        let (into, file) = (target.clone(), file.to_owned());
+        tokio::task::spawn_blocking(move || {
+            run_tool(
+                "pg_restore",
+                &[
+                    "--no-owner",
+                    "--exit-on-error",
+                    "--dbname",
+                    &into,
+                    &file.display().to_string(),
+                ],
+            )
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+        let mut conn = sqlx::PgConnection::connect(&target).await?;
+        let (runs, steps, events): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM steps), (SELECT count(*) FROM events)",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        conn.close().await?;
+        Ok::<_, StoreError>(Verified {
+            kind: "postgres",
+            runs: runs as u64,
+            steps: steps as u64,
+            events: events as u64,
+        })
+    }
+    .await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    checked
 }
 
 fn refuse_non_empty() -> StoreError {
