@@ -36,6 +36,10 @@ pub struct GenerateArgs {
     /// Overwrite files in a non-empty output directory.
     #[arg(long)]
     force: bool,
+    /// The configuration whose backup.schedule sets when BackupStale fires (the alert is
+    /// left out without scheduled backups).
+    #[command(flatten)]
+    config: crate::settings::ConfigArgs,
 }
 
 /// Runs a `monitoring` subcommand.
@@ -50,8 +54,13 @@ pub fn run(command: MonitoringCommand) -> anyhow::Result<ExitCode> {
     if !(args.llm_usd_per_hour.is_finite() && args.llm_usd_per_hour >= 0.0) {
         anyhow::bail!("--llm-usd-per-hour must be a non-negative number");
     }
+    let loaded = match crate::settings::load(&args.config, Vec::new()) {
+        Ok(l) => l,
+        Err(e) => return Ok(crate::settings::report(&e)),
+    };
     let defaults = Bundle::default();
     let bundle = Bundle {
+        backup_stale_after: Bundle::stale_after(&loaded.config),
         targets: args.targets,
         scrape_interval: args.scrape_interval,
         runbook_base: args.runbook_base.unwrap_or(defaults.runbook_base),

@@ -372,6 +372,7 @@ fn compose(input: &Input<'_>) -> Result<Vec<File>, GenerateError> {
     let bundle = Bundle {
         targets: replicas.iter().map(|r| format!("{r}:{PORT}")).collect(),
         runbook_base: runbook_base(d),
+        backup_stale_after: Bundle::stale_after(input.config),
         ..Bundle::default()
     };
     Ok(vec![

@@ -13,7 +13,7 @@ use crate::File;
 const ALERTS: &str = include_str!("monitoring/alerts.yml");
 
 /// One runbook per alert, as `docs/runbooks/` holds them.
-pub const RUNBOOKS: [(&str, &str); 10] = [
+pub const RUNBOOKS: [(&str, &str); 11] = [
     (
         "README.md",
         include_str!("../../../docs/runbooks/README.md"),
@@ -54,7 +54,29 @@ pub const RUNBOOKS: [(&str, &str); 10] = [
         "LLMSpendRateHigh.md",
         include_str!("../../../docs/runbooks/LLMSpendRateHigh.md"),
     ),
+    (
+        "BackupStale.md",
+        include_str!("../../../docs/runbooks/BackupStale.md"),
+    ),
 ];
+
+/// The `BackupStale` rule, added to the group when backups are scheduled: no success for
+/// `__BACKUP_STALE_SECONDS__`, or none at all that long after the servers started.
+const BACKUP_ALERT: &str = r#"
+      - alert: BackupStale
+        expr: |
+          (time() - max(backup_last_success_timestamp_seconds > 0) > __BACKUP_STALE_SECONDS__)
+          or
+          (max(backup_last_success_timestamp_seconds) == 0
+            and on() (time() - min(process_start_time_seconds and on(instance) flotilla_build_info) > __BACKUP_STALE_SECONDS__))
+        for: 5m
+        labels:
+          severity: critical
+        annotations:
+          summary: "No backup has succeeded for __BACKUP_STALE__"
+          description: "The latest successful scheduled backup is older than one and a half times the schedule's longest gap; backup_failures_total says whether they fail or do not run."
+          runbook_url: "__RUNBOOK_BASE__/BackupStale.md"
+"#;
 
 /// What to generate for.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +89,9 @@ pub struct Bundle {
     pub runbook_base: String,
     /// `LLMSpendRateHigh` fires above this many USD per hour.
     pub llm_usd_per_hour: f64,
+    /// With scheduled backups, `BackupStale` fires when none succeeded for this long (one
+    /// and a half times the schedule's longest gap).
+    pub backup_stale_after: Option<std::time::Duration>,
 }
 
 impl Default for Bundle {
@@ -77,6 +102,7 @@ impl Default for Bundle {
             // The runbooks the bundle writes beside its alerts.
             runbook_base: "runbooks".into(),
             llm_usd_per_hour: 10.0,
+            backup_stale_after: None,
         }
     }
 }
@@ -102,9 +128,28 @@ impl Bundle {
 
     /// The alert rules file (`groups:` of Prometheus rules).
     pub fn alert_rules(&self) -> String {
-        ALERTS
+        let mut rules = ALERTS.to_owned();
+        if let Some(stale) = self.backup_stale_after {
+            rules.push_str(
+                &BACKUP_ALERT
+                    .replace("__BACKUP_STALE_SECONDS__", &stale.as_secs().to_string())
+                    .replace("__BACKUP_STALE__", &humantime::format_duration(stale).to_string()),
+            );
+        }
+        rules
             .replace("__RUNBOOK_BASE__", self.runbook_base.trim_end_matches('/'))
             .replace("__LLM_USD_PER_HOUR__", &self.llm_usd_per_hour.to_string())
+    }
+
+    /// `backup_stale_after` for a configuration: one and a half times its backup schedule's
+    /// longest gap, when backups are scheduled.
+    pub fn stale_after(config: &flotilla_spec::Config) -> Option<std::time::Duration> {
+        let text = config.backup.schedule.as_deref().filter(|_| config.backup.enabled)?;
+        let schedule = flotilla_spec::schedule::Schedule::parse(text).ok()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Some(schedule.period(now).mul_f64(1.5))
     }
 
     /// `prometheus.yml`: scrapes every target as job `flotilla` and loads `alerts.yml`.

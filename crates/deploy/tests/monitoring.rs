@@ -39,6 +39,8 @@ fn bundle_in(dir: &Path) {
     let bundle = Bundle {
         runbook_base: "https://runbooks.test/".into(),
         llm_usd_per_hour: 10.0,
+        // An hourly backup schedule: stale after an hour and a half.
+        backup_stale_after: Some(std::time::Duration::from_secs(5400)),
         ..Bundle::default()
     };
     write_files(dir, &bundle.files(), false).unwrap();
@@ -52,7 +54,7 @@ fn rules_and_config_pass_promtool_check() {
     let dir = tempfile::tempdir().unwrap();
     bundle_in(dir.path());
     let out = run(dir.path(), &["check", "rules", "alerts.yml"]);
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     run(dir.path(), &["check", "config", "prometheus.yml"]);
 }
 

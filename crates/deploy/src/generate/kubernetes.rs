@@ -331,6 +331,7 @@ pub(crate) fn objects(
         "alerts.yml",
         &Bundle {
             runbook_base: super::runbook_base(d),
+            backup_stale_after: Bundle::stale_after(input.config),
             ..Bundle::default()
         }
         .alert_rules(),
