@@ -26,7 +26,8 @@ RUN find crates -name '*.rs' -exec touch {} + \
     && ./target/release/flotilla --version
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+# postgresql-client: pg_dump and pg_restore for `flotilla backup` on PostgreSQL stores.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl postgresql-client \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 1001 --user-group --no-create-home --shell /usr/sbin/nologin flotilla \
     && mkdir -p /data /etc/flotilla && chown 1001:1001 /data

@@ -133,7 +133,10 @@ impl Bundle {
             rules.push_str(
                 &BACKUP_ALERT
                     .replace("__BACKUP_STALE_SECONDS__", &stale.as_secs().to_string())
-                    .replace("__BACKUP_STALE__", &humantime::format_duration(stale).to_string()),
+                    .replace(
+                        "__BACKUP_STALE__",
+                        &humantime::format_duration(stale).to_string(),
+                    ),
             );
         }
         rules
@@ -144,7 +147,11 @@ impl Bundle {
     /// `backup_stale_after` for a configuration: one and a half times its backup schedule's
     /// longest gap, when backups are scheduled.
     pub fn stale_after(config: &flotilla_spec::Config) -> Option<std::time::Duration> {
-        let text = config.backup.schedule.as_deref().filter(|_| config.backup.enabled)?;
+        let text = config
+            .backup
+            .schedule
+            .as_deref()
+            .filter(|_| config.backup.enabled)?;
         let schedule = flotilla_spec::schedule::Schedule::parse(text).ok()?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

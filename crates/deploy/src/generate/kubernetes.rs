@@ -96,6 +96,86 @@ pub(crate) struct Knobs {
     pub flags: Value,
     /// Rolls the pods when the configuration or the flags change.
     pub checksum: Value,
+    /// Scheduled backups by a CronJob (PostgreSQL): its `schedule` and the volume's `size`.
+    pub backup: Option<Value>,
+}
+
+/// The backups volume's size.
+const BACKUP_SIZE: &str = "10Gi";
+
+/// Where the CronJob writes backups.
+const BACKUP_DIR: &str = "/backups";
+
+/// `backup.schedule` when a CronJob takes the backups: scheduled, on PostgreSQL (on SQLite
+/// the server takes them itself).
+fn backup_knob(config: &flotilla_spec::Config) -> Option<Value> {
+    let postgres =
+        flotilla_spec::storage::Backend::of(&config.storage.url).is_ok_and(|b| b.is_shared());
+    let schedule = config
+        .backup
+        .schedule
+        .as_ref()
+        .filter(|_| config.backup.enabled && postgres)?;
+    Some(json!({"schedule": schedule, "size": BACKUP_SIZE}))
+}
+
+/// The backup CronJob and its volume: `flotilla backup scheduled` at each firing (one at a
+/// time), into a PersistentVolumeClaim, pruning past `backup.retention`.
+fn backup_objects(
+    name: &str,
+    k: &Knobs,
+    backup: &Value,
+    meta: &dyn Fn(&str) -> Value,
+) -> Vec<Value> {
+    let claim = format!("{name}-backups");
+    let pvc = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta(&claim),
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": backup["size"]}}},
+    });
+    let cronjob = json!({
+        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta(&format!("{name}-backup")),
+        "spec": {
+            "schedule": backup["schedule"],
+            "timeZone": "Etc/UTC",
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 3600,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"spec": {
+                "backoffLimit": 2,
+                "activeDeadlineSeconds": 21600,
+                "template": {"spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": name,
+                    "automountServiceAccountToken": false,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 1001, "runAsGroup": 1001, "fsGroup": 1001, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "backup",
+                        "image": k.image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": ["backup", "scheduled", "--config", "/etc/flotilla/flotilla.yaml"],
+                        "env": k.secrets,
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "volumeMounts": [
+                            {"name": "config", "mountPath": "/etc/flotilla", "readOnly": true},
+                            {"name": "backups", "mountPath": BACKUP_DIR},
+                            {"name": "tmp", "mountPath": "/tmp"},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": format!("{name}-config")}},
+                        {"name": "backups", "persistentVolumeClaim": {"claimName": claim}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                }},
+            }},
+        },
+    });
+    vec![pvc, cronjob]
 }
 
 /// The analysis metrics' keys in values, in [`analysis_queries`] order.
@@ -158,6 +238,7 @@ impl Knobs {
             config: json!(input.config_text),
             flags: json!(flags),
             checksum: json!(checksum(input.config_text, flags)),
+            backup: backup_knob(input.config),
         }
     }
 
@@ -352,6 +433,12 @@ pub(crate) fn objects(
     ];
     if d.autoscaling.enabled {
         resources.push(("hpa.yaml", hpa));
+    }
+    if let Some(backup) = &k.backup {
+        resources.push((
+            "backup.yaml",
+            Value::Array(backup_objects(name, k, backup, &meta)),
+        ));
     }
     if canary {
         resources.push(("rollout.yaml", rollout(d, k, meta(name))));
