@@ -7,6 +7,9 @@
 //! fsyncs for free, so it is refused unless `--allow-tmpfs`. Prints one JSON line, with
 //! every setting that differs from `serve`'s defaults.
 
+mod bound;
+mod preload;
+
 use flotilla_spec::storage::Backend;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -78,90 +81,6 @@ pub struct BenchArgs {
     /// runs (the JSON line counts them).
     #[arg(long, requires = "preload")]
     prune: bool,
-}
-
-/// Stores `n` succeeded 10-step chain runs, with their steps and events, finished a day ago.
-async fn preload(store: Arc<dyn flotilla_store::Store>, n: usize) -> anyhow::Result<()> {
-    use flotilla_store::{EventKind, EventRecord, NewRun, RunKind, StepRecord, StepStatus, Write};
-    let day_ago = flotilla_engine::now_ms() - 86_400_000;
-    let limit = Arc::new(tokio::sync::Semaphore::new(512));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let permit = limit.clone().acquire_owned().await?;
-        let store = store.clone();
-        tasks.spawn(async move {
-            let id = uuid::Uuid::now_v7().to_string();
-            store
-                .create_run(NewRun {
-                    id: id.clone(),
-                    kind: RunKind::Workflow,
-                    workflow: "chain".into(),
-                    definition_hash: "bench-preload".into(),
-                    definition: (i == 0).then(|| "{}".into()),
-                    priority: "normal".into(),
-                    input: json!({"i": i}),
-                    metadata: json!({}),
-                    idempotency_key: None,
-                    created_at: day_ago,
-                    deadline_at: None,
-                    owner: None,
-                    lease_until: None,
-                    version: None,
-                })
-                .await?;
-            let event = |seq: i64, kind, step: Option<String>| {
-                Write::Event(EventRecord {
-                    run_id: id.clone(),
-                    seq,
-                    at: day_ago,
-                    kind,
-                    step_id: step,
-                    data: json!({}),
-                })
-            };
-            let mut writes = vec![event(1, EventKind::RunStarted, None)];
-            for s in 0..10 {
-                let step_id = format!("s{s}");
-                writes.push(Write::Step {
-                    run_id: id.clone(),
-                    step: StepRecord {
-                        step_id: step_id.clone(),
-                        status: StepStatus::Succeeded,
-                        attempts: 1,
-                        output: Some(json!({"i": i})),
-                        error: None,
-                        started_at: Some(day_ago),
-                        finished_at: Some(day_ago),
-                        agent: Some("noop".into()),
-                        usage: None,
-                    },
-                });
-                writes.push(event(2 + s, EventKind::StepSucceeded, Some(step_id)));
-            }
-            writes.push(event(12, EventKind::RunFinished, None));
-            writes.push(Write::Run {
-                run_id: id.clone(),
-                status: RunStatus::Succeeded,
-                output: Some(json!({"i": i})),
-                error: None,
-                at: day_ago,
-            });
-            store.enqueue(writes);
-            drop(permit);
-            anyhow::Ok(())
-        });
-        if i == 0 {
-            // The first run stores the definition the others point at.
-            while let Some(r) = tasks.join_next().await {
-                r??;
-            }
-        }
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
-    store.commit(Vec::new()).await?;
-    Ok(())
 }
 
 /// The file system type of the mount holding `path` (from /proc/self/mountinfo).
@@ -291,6 +210,18 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
              run from a directory on disk, or pass --allow-tmpfs"
         );
     }
+    // The disk's bound, in the store's own directory, before the workload.
+    let fsync = match &backend {
+        Backend::Sqlite(file) => Some(
+            bound::measure(
+                file.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new(".")),
+            )
+            .context("timing fdatasync in the store's directory")?,
+        ),
+        Backend::Postgres => None,
+    };
     let mut config = config(&url, args.relaxed, args.pool_size)?;
     if args.prune {
         config.storage.retention.succeeded = Some(flotilla_spec::Dur::secs(3600));
@@ -324,7 +255,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let store = crate::serve::open_store(&own).await?;
             store.migrate().await?;
             let started = Instant::now();
-            preload(store, args.preload).await?;
+            preload::preload(store, args.preload).await?;
             preload_s = started.elapsed().as_secs_f64();
         }
         let store = crate::serve::open_store(&own).await?;
@@ -415,6 +346,21 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         e.shutdown(Duration::ZERO).await;
     }
     let mut line = line;
+    if let Some(f) = &fsync {
+        let bound = bound::bound(f);
+        let key = match args.workload {
+            Workload::Fanout => "fanout",
+            Workload::Chain | Workload::Concurrent => "chain",
+        };
+        line["fsync_p50_us"] = json!(f.overwrite_p50_us);
+        line["fsync_append_p50_us"] = json!(f.append_p50_us);
+        line["bound_steps_per_s"] = bound.clone();
+        if !matches!(args.workload, Workload::Concurrent) && !args.relaxed {
+            let of =
+                line["steps_per_s"].as_f64().unwrap_or(0.0) / bound[key].as_f64().unwrap_or(1.0);
+            line["of_bound"] = json!((of * 1000.0).round() / 1000.0);
+        }
+    }
     if args.preload > 0 {
         line["preloaded_runs"] = json!(args.preload);
         line["preload_s"] = json!((preload_s * 10.0).round() / 10.0);
