@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn names_read_back_and_pruning_keeps_the_newest() {
-        let at = 1_796_097_600_000; // 2026-12-01T02:00:00Z
+        let at = 1_796_090_400_000; // 2026-12-01T02:00:00Z
         assert_eq!(name(at, false), "flotilla-20261201T020000Z.db");
         assert_eq!(taken_at(&name(at, true)), Some(at));
         assert_eq!(taken_at("flotilla.db"), None);
