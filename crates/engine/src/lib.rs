@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+mod background;
 pub mod backups;
 pub(crate) mod call;
 mod clock;
