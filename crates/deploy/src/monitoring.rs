@@ -205,7 +205,8 @@ fn panel(id: u32, title: &str, unit: &str, (x, y): (u32, u32), queries: &[(&str,
     })
 }
 
-/// The Grafana dashboard: traffic, latency, agents, circuits, workflows and LLM spend.
+/// The Grafana dashboard: traffic, latency, agents, circuits, workflows, LLM spend, the
+/// store's size and the age of the latest backup.
 pub fn dashboard() -> Value {
     let panels = vec![
         panel(
@@ -316,6 +317,23 @@ pub fn dashboard() -> Value {
             &[(
                 "sum by (agent, model) (rate(llm_cost_usd_total[15m])) * 3600",
                 "{{agent}} {{model}}",
+            )],
+        ),
+        panel(
+            11,
+            "Store size",
+            "bytes",
+            (0, 40),
+            &[("max(store_size_bytes)", "on disk")],
+        ),
+        panel(
+            12,
+            "Age of the latest backup",
+            "s",
+            (12, 40),
+            &[(
+                "time() - max(backup_last_success_timestamp_seconds > 0)",
+                "since the latest successful backup",
             )],
         ),
     ];

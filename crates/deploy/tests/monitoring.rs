@@ -109,5 +109,5 @@ fn the_bundle_is_deterministic_and_links_every_alert_to_its_runbook() {
         .find(|f| f.path == "grafana/flotilla-dashboard.json")
         .unwrap();
     let json: serde_json::Value = serde_json::from_str(&dashboard.contents).unwrap();
-    assert_eq!(json["panels"].as_array().unwrap().len(), 10);
+    assert_eq!(json["panels"].as_array().unwrap().len(), 12);
 }
