@@ -271,15 +271,32 @@ pub fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
 
 /// Runs the binary with arguments in a directory; returns (status code, stdout, stderr).
 pub fn flotilla(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    flotilla_fed(dir, args, env, b"")
+}
+
+/// [`flotilla`] with `stdin` on its standard input.
+pub fn flotilla_fed(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> (i32, String, String) {
+    use std::io::Write as _;
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .current_dir(dir)
         .env_remove("FLOTILLA_ENV")
-        .env_remove("DATABASE_URL");
+        .env_remove("DATABASE_URL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    let mut child = cmd.spawn().unwrap();
+    // Dropped after writing: the command sees the end of its input.
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -1,12 +1,9 @@
 //! The client commands (`flotilla runs …`, `agents list`, `tasks execute`) against a live server:
 //! every output format parsed back, and the exit codes.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
-
 use serde_json::Value;
 
-use crate::app::{BIN, TestApp, flotilla, free_port, spawn_app};
+use crate::app::{TestApp, flotilla, flotilla_fed, free_port, spawn_app};
 
 const KEY: &str = "flk_client_operator_key";
 
@@ -94,28 +91,19 @@ async fn runs_start_list_get_and_agents_in_every_format() {
     );
     assert_eq!(code, 0);
     assert_eq!(yaml(&out)["input"]["name"], "Grace");
-    let mut child = Command::new(BIN)
-        .args([
+    let (code, out, err) = flotilla_fed(
+        app.dir.path(),
+        &[
             "runs", "start", "greet", "--input", "-", "--wait", "30s", "-o", "json",
-        ])
-        .env("FLOTILLA_SERVER", &app.addr)
-        .env("FLOTILLA_API_KEY", KEY)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"name": "Edsger"}"#)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    assert_eq!(
-        json(&String::from_utf8_lossy(&out.stdout))["input"]["name"],
-        "Edsger"
+        ],
+        &[
+            ("FLOTILLA_SERVER", app.addr.as_str()),
+            ("FLOTILLA_API_KEY", KEY),
+        ],
+        br#"{"name": "Edsger"}"#,
     );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["input"]["name"], "Edsger");
     // A failing run: exit status 1, and the run is printed all the same.
     let (code, out, _) = cli(
         &app,

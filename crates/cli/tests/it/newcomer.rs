@@ -1,38 +1,23 @@
 //! What a newcomer trips on, each held to a test: `--listen :PORT`, `--input -`, a clear
 //! word when a server holds the database, `backup` that does not overwrite by surprise.
 
-use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use crate::app::{BIN, flotilla, spawn_app};
+use crate::app::{BIN, flotilla, flotilla_fed, spawn_app};
 
 const CONFIG: &str = "agents: { echo: { kind: builtin, builtin: echo } }\nworkflows: { hello: { steps: [ { id: a, agent: echo } ] } }\n";
 
 #[tokio::test]
 async fn run_reads_stdin_and_says_what_to_do_when_a_server_holds_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("flotilla.yaml"),
-        format!("storage: {{ url: \"sqlite://db.sqlite\" }}\n{CONFIG}"),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "hello", "--input", "-", "--config", "flotilla.yaml"])
-        .current_dir(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"word": "from stdin"}"#)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("from stdin"));
+    let dir = demo_dir();
+    let (code, out, err) = flotilla_fed(
+        dir.path(),
+        &["run", "hello", "--input", "-", "--config", "flotilla.yaml"],
+        &[],
+        br#"{"word": "from stdin"}"#,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("from stdin"), "{out}");
     // A server on the same SQLite file: `run` cannot have it, and says what to do instead.
     let server = spawn_app(CONFIG).await;
     let db = server.dir.path().join("flotilla.db");
@@ -54,12 +39,7 @@ async fn run_reads_stdin_and_says_what_to_do_when_a_server_holds_the_database() 
 
 #[test]
 fn serve_listens_on_every_address_with_a_bare_port() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("flotilla.yaml"),
-        format!("storage: {{ url: \"sqlite://db.sqlite\" }}\n{CONFIG}"),
-    )
-    .unwrap();
+    let dir = demo_dir();
     let mut child = Command::new(BIN)
         .args(["serve", "--config", "flotilla.yaml", "--listen", ":0"])
         .current_dir(dir.path())
@@ -158,12 +138,7 @@ fn errors_are_told_once_and_target_means_one_thing() {
 
 #[test]
 fn run_logs_as_log_level_asks_without_colour_in_a_pipe() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("flotilla.yaml"),
-        format!("storage: {{ url: \"sqlite://db.sqlite\" }}\n{CONFIG}"),
-    )
-    .unwrap();
+    let dir = demo_dir();
     let out = Command::new(BIN)
         .args(["run", "hello", "--config", "flotilla.yaml"])
         .current_dir(dir.path())
@@ -209,4 +184,15 @@ fn every_bad_setting_variable_is_reported() {
         "{err}"
     );
     assert!(err.contains("2 problems"), "{err}");
+}
+
+/// A directory holding `flotilla.yaml`: [`CONFIG`] on SQLite `db.sqlite` in it.
+fn demo_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flotilla.yaml"),
+        format!("storage: {{ url: \"sqlite://db.sqlite\" }}\n{CONFIG}"),
+    )
+    .unwrap();
+    dir
 }
