@@ -50,16 +50,22 @@ async fn the_server_backs_up_on_schedule_prunes_and_a_backup_restores_every_run(
     // A backup taken after the last acknowledgement, and the old ones pruned: those left
     // are at most the retention (5 s) plus a firing (2 s) older than the newest.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let backups = loop {
-        let b = listed(&app);
-        if b.last()
-            .is_some_and(|n| taken_at(n) > last_ack + Duration::from_secs(1))
-        {
-            break b;
-        }
-        assert!(Instant::now() < deadline, "no backup after the runs: {b:?}");
+    while !listed(&app)
+        .last()
+        .is_some_and(|n| taken_at(n) > last_ack + Duration::from_secs(1))
+    {
+        assert!(Instant::now() < deadline, "no backup after the runs");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+    let text = app.text("/metrics").await;
+    let last = metric(&text, "backup_last_success_timestamp_seconds", &[]);
+    assert!(last > 1.7e9, "{last}");
+    assert!(try_metric(&text, "backup_duration_seconds", &[]).is_some());
+    assert_eq!(metric(&text, "backup_failures_total", &[]), 0.0);
+    // Once the server has stopped, the backups stay as they are: the old ones were pruned,
+    // those left are at most the retention (5 s) plus a firing (2 s) older than the newest.
+    app.terminate();
+    let backups = listed(&app);
     let newest = taken_at(backups.last().unwrap());
     for b in &backups {
         let age = newest.duration_since(taken_at(b)).unwrap();
@@ -80,13 +86,7 @@ async fn the_server_backs_up_on_schedule_prunes_and_a_backup_restores_every_run(
         assert_eq!(code, 0, "{file}: {err}");
         assert!(out.contains("sound (sqlite backup holding"), "{out}");
     }
-    let text = app.text("/metrics").await;
-    let last = metric(&text, "backup_last_success_timestamp_seconds", &[]);
-    assert!(last > 1.7e9, "{last}");
-    assert!(try_metric(&text, "backup_duration_seconds", &[]).is_some());
-    assert_eq!(metric(&text, "backup_failures_total", &[]), 0.0);
     // The newest backup, restored into an empty store, holds every acknowledged run.
-    app.terminate();
     let newest_file = backups.last().unwrap()["file"].as_str().unwrap().to_owned();
     let empty = tempfile::tempdir().unwrap();
     let restored_yaml = format!(
