@@ -1,10 +1,12 @@
 //! PostgreSQL backend: any number of replicas share one database.
 //!
-//! Each commit is one transaction on a pooled connection; PostgreSQL's own group commit
-//! merges the fsyncs of concurrent transactions. Writes that need not wait (a step's start)
+//! Each commit is one statement on a pooled connection; commits that arrive while others
+//! are in flight are merged into one (see `group`), and PostgreSQL's own group commit merges
+//! the fsyncs of concurrent transactions. Writes that need not wait (a step's start)
 //! go through one ordered background task. Migrations run under an advisory lock, so
 //! replicas starting together apply them once.
 
+mod group;
 mod read;
 
 use std::str::FromStr;
@@ -55,6 +57,8 @@ pub struct PostgresStore {
     /// Batches the applier has committed.
     applied: watch::Receiver<u64>,
     applier: tokio::task::JoinHandle<()>,
+    /// Merges concurrent durable commits into one statement.
+    committer: group::Committer,
     /// Woken by `NOTIFY flotilla_runs` from other replicas.
     wake: Arc<Notify>,
     listener: tokio::task::JoinHandle<()>,
@@ -142,6 +146,12 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Merged commit statements in flight at once: half the pool, leaving the rest to reads,
+/// submissions and claims.
+fn commit_slots(pool_size: u32) -> usize {
+    usize::try_from(pool_size / 2).unwrap_or(1).max(1)
+}
+
 impl PostgresStore {
     /// Connects lazily: the pool opens connections when first used, so a database that is
     /// down at start makes readiness fail rather than the process.
@@ -185,12 +195,14 @@ impl PostgresStore {
         });
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(pool.clone(), wake.clone()));
+        let committer = group::Committer::start(pool.clone(), commit_slots(options.pool_size));
         Ok(Self {
             pool,
             queued,
             sent: AtomicU64::new(0),
             applied,
             applier,
+            committer,
             wake,
             listener,
         })
@@ -219,34 +231,57 @@ impl Drop for PostgresStore {
     }
 }
 
+/// Applies a batch in one statement: [`commit_batch`], failing with [`StoreError::Fenced`]
+/// when a run it writes is held by another replica now.
+async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
+    let all: Vec<&Write> = writes.iter().collect();
+    match commit_batch(pool, &all).await?.into_iter().next() {
+        Some(run) => Err(StoreError::Fenced(run)),
+        None => Ok(()),
+    }
+}
+
 /// Applies a batch in one statement (one round trip, one implicit transaction): each table
 /// gets its rows through `unnest`, in data-modifying CTEs. A key written twice in a batch
 /// keeps its last write, as applying the writes in order would.
 ///
-/// Fencing: the batch's fenced runs are locked (`FOR SHARE`, so a concurrent claim waits for
-/// this statement, and a claim committed first is seen) and compared with the epochs the
-/// batch carries; nothing is written to a run whose epoch moved on, and the batch fails with
-/// [`StoreError::Fenced`].
-async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
+/// Fencing: the batch's fenced runs are locked (`FOR SHARE`, in id order so that two
+/// statements never wait on each other in a cycle; a concurrent claim waits for this
+/// statement, and a claim committed first is seen) and compared with the epochs the batch
+/// carries; nothing is written to a run whose epoch moved on. Returns those runs.
+async fn commit_batch(pool: &PgPool, writes: &[&Write]) -> Result<Vec<String>> {
+    use std::collections::HashMap;
     let mut steps: Vec<(&str, &crate::record::StepRecord)> = Vec::new();
+    let mut step_at: HashMap<(&str, &str), usize> = HashMap::new();
     let mut runs: Vec<&Write> = Vec::new();
+    let mut run_at: HashMap<&str, usize> = HashMap::new();
     let mut events: Vec<&crate::record::EventRecord> = Vec::new();
     let mut fence_ids: Vec<&str> = Vec::new();
     let mut fence_epochs: Vec<i64> = Vec::new();
-    for w in writes {
+    for &w in writes {
         match w {
             Write::Fence { run_id, epoch } => {
                 fence_ids.push(run_id);
                 fence_epochs.push(*epoch);
             }
             Write::Step { run_id, step } => {
-                steps.retain(|(r, s)| !(*r == run_id.as_str() && s.step_id == step.step_id));
-                steps.push((run_id, step));
+                match step_at.entry((run_id.as_str(), step.step_id.as_str())) {
+                    std::collections::hash_map::Entry::Occupied(i) => {
+                        steps[*i.get()] = (run_id, step)
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(steps.len());
+                        steps.push((run_id, step));
+                    }
+                }
             }
-            Write::Run { run_id, .. } => {
-                runs.retain(|r| !matches!(r, Write::Run { run_id: other, .. } if other == run_id));
-                runs.push(w);
-            }
+            Write::Run { run_id, .. } => match run_at.entry(run_id.as_str()) {
+                std::collections::hash_map::Entry::Occupied(i) => runs[*i.get()] = w,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(runs.len());
+                    runs.push(w);
+                }
+            },
             Write::Event(e) => events.push(e),
         }
     }
@@ -275,7 +310,7 @@ async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
     }
     let stale: Option<Vec<String>> = sqlx::query_scalar(
         "WITH held AS (
-            SELECT id, epoch FROM runs WHERE id = ANY($23::text[]) FOR SHARE
+            SELECT id, epoch FROM runs WHERE id = ANY($23::text[]) ORDER BY id FOR SHARE
          ), stale AS (
             SELECT f.id FROM unnest($23::text[], $24::int8[]) AS f(id, epoch)
             LEFT JOIN held ON held.id = f.id
@@ -334,10 +369,7 @@ async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
     .bind(fence_epochs)
     .fetch_one(pool)
     .await?;
-    match stale.unwrap_or_default().into_iter().next() {
-        Some(run) => Err(StoreError::Fenced(run)),
-        None => Ok(()),
-    }
+    Ok(stale.unwrap_or_default())
 }
 
 #[async_trait]
@@ -378,23 +410,18 @@ impl Store for PostgresStore {
     }
 
     async fn create_run(&self, run: NewRun) -> Result<CreateOutcome> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(definition) = &run.definition {
-            sqlx::query(
-                "INSERT INTO definitions (hash, workflow, body, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING",
-            )
-            .bind(&run.definition_hash)
-            .bind(&run.workflow)
-            .bind(definition)
-            .bind(run.created_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO runs (id, kind, workflow, definition_hash, status, priority, input, metadata,
+        // One statement: the definition (once per hash) and the run.
+        let created: Option<String> = sqlx::query_scalar(
+            "WITH d AS (
+                INSERT INTO definitions (hash, workflow, body, created_at)
+                SELECT $4, $3, $14, $9 WHERE $14::text IS NOT NULL
+                ON CONFLICT (hash) DO NOTHING
+             )
+             INSERT INTO runs (id, kind, workflow, definition_hash, status, priority, input, metadata,
                                idempotency_key, created_at, updated_at, deadline_at, owner, lease_until, version)
              VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9, $10, $11, $12, $13)
-             ON CONFLICT (idempotency_key) DO NOTHING",
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING id",
         )
         .bind(&run.id)
         .bind(run.kind.as_str())
@@ -409,20 +436,17 @@ impl Store for PostgresStore {
         .bind(&run.owner)
         .bind(run.lease_until)
         .bind(&run.version)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            let existing: String =
-                sqlx::query_scalar("SELECT id FROM runs WHERE idempotency_key = $1")
-                    .bind(&run.idempotency_key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            tx.rollback().await?;
-            return Ok(CreateOutcome::Existing(existing));
+        .bind(&run.definition)
+        .fetch_optional(&self.pool)
+        .await?;
+        if created.is_some() {
+            return Ok(CreateOutcome::Created);
         }
-        tx.commit().await?;
-        Ok(CreateOutcome::Created)
+        let existing: String = sqlx::query_scalar("SELECT id FROM runs WHERE idempotency_key = $1")
+            .bind(&run.idempotency_key)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(CreateOutcome::Existing(existing))
     }
 
     async fn commit(&self, writes: Vec<Write>) -> Result<()> {
@@ -436,7 +460,7 @@ impl Store for PostgresStore {
         if writes.is_empty() {
             return Ok(());
         }
-        commit_on(&self.pool, &writes).await
+        self.committer.commit(writes).await
     }
 
     fn enqueue(&self, writes: Vec<Write>) {
@@ -555,7 +579,11 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         Ok(sqlx::query_scalar(
-            "UPDATE runs SET lease_until = $2 WHERE owner = $1 AND id = ANY($3) RETURNING id",
+            // Rows locked in id order, as commits lock them: the two never wait on each other
+            // in a cycle.
+            "UPDATE runs SET lease_until = $2 WHERE id IN (
+                 SELECT id FROM runs WHERE owner = $1 AND id = ANY($3) ORDER BY id FOR NO KEY UPDATE
+             ) RETURNING id",
         )
         .bind(owner)
         .bind(lease_until)

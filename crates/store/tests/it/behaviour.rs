@@ -316,6 +316,45 @@ pub async fn claims_and_leases(store: &dyn Store) {
     }
 }
 
+/// Commits in flight together (which a store may merge into one transaction) land or fail
+/// each on its own: on a shared store, a commit under a stale epoch fails alone and the
+/// others land (a store one process owns has no claims, and lands them all).
+pub async fn concurrent_commits_fail_only_the_fenced_run(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    let fences = store.is_shared();
+    let ids: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    for id in &ids {
+        store.create_run(new_run(id, None)).await.unwrap();
+    }
+    // A new run's epoch is 0: odd runs commit under an epoch no claim ever gave.
+    let commits = ids.iter().enumerate().map(|(i, id)| {
+        store.commit(vec![
+            Write::Fence {
+                run_id: id.clone(),
+                epoch: if i % 2 == 0 { 0 } else { 7 },
+            },
+            Write::Step {
+                run_id: id.clone(),
+                step: step("a", StepStatus::Succeeded),
+            },
+        ])
+    });
+    let outcomes = futures_util::future::join_all(commits).await;
+    for (i, (id, outcome)) in ids.iter().zip(outcomes).enumerate() {
+        let steps = store.run(id).await.unwrap().unwrap().steps;
+        if i % 2 == 0 || !fences {
+            assert!(outcome.is_ok(), "{id}: {outcome:?}");
+            assert_eq!(steps.len(), 1, "{id}");
+        } else {
+            assert!(
+                matches!(outcome, Err(StoreError::Fenced(ref r)) if r == id),
+                "{id}: {outcome:?}"
+            );
+            assert!(steps.is_empty(), "{id}");
+        }
+    }
+}
+
 /// A run whose stored status was set to `exploded` (outside flotilla) reads as a corrupt
 /// record, alone and in lists.
 pub async fn exploded_status_reads_as_corrupt(store: &dyn Store) {

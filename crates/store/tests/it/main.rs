@@ -28,6 +28,7 @@ macro_rules! all_behaviours {
             enqueued_writes_land_before_later_commits,
             transitions_never_go_backwards,
             claims_and_leases,
+            concurrent_commits_fail_only_the_fenced_run,
             claims_by_version,
             runs_move_between_definitions,
             list_filters_and_counts,
