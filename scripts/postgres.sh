@@ -1,6 +1,7 @@
 # Starts a throwaway PostgreSQL cluster for the tests: initdb in a temp dir, loopback only,
 # a free port, owned by the `postgres` user. Source it; it exports POSTGRES_TEST_URL
-# and PG_BIN, and stops the cluster when the sourcing shell exits.
+# and PG_BIN, and stops the cluster when the sourcing shell exits. PG_EXTRA_OPTS adds server
+# settings (`-c name=value ...`).
 # Installs Debian's postgresql when it is missing.
 
 pg_bin_dir() {
@@ -27,7 +28,7 @@ start_test_postgres() {
   [ "$(id -u)" -eq 0 ] && as_pg=(runuser -u postgres --)
   "${as_pg[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U flotilla --auth=trust -E UTF8 >/dev/null
   "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 30 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c fsync=on -c max_connections=200" start >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c fsync=on -c max_connections=200 ${PG_EXTRA_OPTS:-}" start >/dev/null
   export PG_DIR PG_PORT=$port
   export POSTGRES_TEST_URL="postgres://flotilla@127.0.0.1:$port/postgres"
   trap stop_test_postgres EXIT

@@ -182,7 +182,7 @@ async fn one(engine: &Engine, workflow: &str, i: usize) -> anyhow::Result<Durati
     Ok(started.elapsed())
 }
 
-/// Runs the workload and prints `{"workload","workflows","wall_s","workflows_per_s","steps_per_s","p50_ms","p99_ms","store"}`.
+/// Runs the workload and prints `{"workload","workflows","steps","wall_s","workflows_per_s","steps_per_s","p50_ms","p99_ms","store"}`.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // In the working directory, where a user's data would live: /tmp is often a tmpfs.
     let dir = tempfile::Builder::new()
@@ -325,6 +325,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let line = json!({
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "workflows": n,
+        "steps": n * steps,
         "wall_s": (wall * 1000.0).round() / 1000.0,
         "workflows_per_s": (n as f64 / wall * 10.0).round() / 10.0,
         "steps_per_s": (n as f64 * steps as f64 / wall).round(),
