@@ -50,9 +50,9 @@ async fn the_server_backs_up_on_schedule_prunes_and_a_backup_restores_every_run(
     // A backup taken after the last acknowledgement, and the old ones pruned: those left
     // are at most the retention (5 s) plus a firing (2 s) older than the newest.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !listed(&app)
+    while listed(&app)
         .last()
-        .is_some_and(|n| taken_at(n) > last_ack + Duration::from_secs(1))
+        .is_none_or(|n| taken_at(n) <= last_ack + Duration::from_secs(1))
     {
         assert!(Instant::now() < deadline, "no backup after the runs");
         tokio::time::sleep(Duration::from_millis(200)).await;
