@@ -232,7 +232,9 @@ impl StateStore for SqliteStateStore {
     async fn take(&self, name: &str) -> Result<Vec<Command>> {
         let name = name.to_owned();
         self.with(move |c| {
-            let tx = c.transaction()?;
+            // Immediate: a read that turns into a write fails at once (busy, without waiting)
+            // when another process wrote in between; taking the write lock first waits.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let commands: Vec<String> = {
                 let mut st =
                     tx.prepare("SELECT command FROM rollout_commands WHERE name = ?1 ORDER BY id")?;
