@@ -241,7 +241,15 @@ async fn remote_agents_register_with_a_ttl_and_serve_capabilities() {
         if code == 404 {
             break;
         }
-        assert_eq!(code, 200, "{body}");
+        // 503 at the instant of expiry: accepted while the agent was live, called after.
+        assert!(
+            code == 200
+                || code == 503
+                    && body["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("no agent offers")),
+            "{code} {body}"
+        );
         assert!(
             std::time::Instant::now() < deadline,
             "the registration never expired"

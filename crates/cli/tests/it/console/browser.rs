@@ -110,7 +110,12 @@ async fn an_operator_works_the_console_in_a_real_browser() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    if !out.status.success() {
+        // What the controller saw, for the failure's message.
+        let status = fleet.status();
+        let (code, _, err) = controller.exit(Duration::from_secs(5)).await;
+        panic!("{stdout}\n{stderr}\nrollout status: {status:#}\ncontroller ({code}):\n{err}");
+    }
     for page in [
         "login",
         "runs",

@@ -270,9 +270,25 @@ rollout:
     }
 }
 
-/// The controller as its own process.
+/// The controller as its own process. Its output is read as it comes: a pipe nobody reads
+/// fills after 64 KiB and then stops the process at its next log line.
 pub(crate) struct Controller {
     pub(crate) child: tokio::process::Child,
+    stdout: tokio::task::JoinHandle<String>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+/// Reads `pipe` to its end.
+fn drain(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut text = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut text).await;
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    })
 }
 
 impl Controller {
@@ -281,17 +297,20 @@ impl Controller {
     }
 
     pub(crate) fn start_with(fleet: &Fleet, extra: &[&str]) -> Controller {
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["rollout", "run", "--config", "rollout.yaml"])
+            .args(extra)
+            .current_dir(fleet.dir.path())
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
         Controller {
-            child: tokio::process::Command::new(BIN)
-                .args(["rollout", "run", "--config", "rollout.yaml"])
-                .args(extra)
-                .current_dir(fleet.dir.path())
-                .env_remove("DATABASE_URL")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap(),
+            stdout: drain(child.stdout.take()),
+            stderr: drain(child.stderr.take()),
+            child,
         }
     }
 
@@ -301,17 +320,14 @@ impl Controller {
         if wait.is_err() {
             let _ = self.child.start_kill();
         }
-        let out = self.child.wait_with_output().await.unwrap();
+        let status = self.child.wait().await.unwrap();
+        let out = self.stdout.await.unwrap_or_default();
+        let err = self.stderr.await.unwrap_or_default();
         assert!(
             wait.is_ok(),
-            "the rollout (pid {pid:?}) did not end within {within:?}:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            "the rollout (pid {pid:?}) did not end within {within:?}:\n{err}"
         );
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (status.code().unwrap_or(-1), out, err)
     }
 }
 
