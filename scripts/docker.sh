@@ -18,8 +18,16 @@ start_test_docker() {
   mkdir -p "$root"
   DOCKER_RUN_DIR=$(mktemp -d /tmp/flotilla-docker.XXXXXX)
   export DOCKER_RUN_DIR
-  local driver=overlay2
-  # overlay2 needs a file system that supports it as the upper dir; vfs works anywhere.
+  # overlay2 needs a file system that takes an overlay mount on it (an overlay file system,
+  # as a container's own root often is, does not); vfs works anywhere, copying each layer.
+  local driver=vfs probe="$root/overlay-probe"
+  mkdir -p "$probe/lower" "$probe/upper" "$probe/work" "$probe/merged"
+  if mount -t overlay overlay -o "lowerdir=$probe/lower,upperdir=$probe/upper,workdir=$probe/work" \
+    "$probe/merged" 2>/dev/null; then
+    umount "$probe/merged"
+    driver=overlay2
+  fi
+  rm -rf "$probe"
   dockerd --storage-driver "$driver" --bridge none --iptables=false \
     --data-root "$root/data" --exec-root "$DOCKER_RUN_DIR/exec" \
     --pidfile "$DOCKER_RUN_DIR/docker.pid" --host "unix://$DOCKER_RUN_DIR/docker.sock" \
@@ -35,7 +43,7 @@ start_test_docker() {
     tail -20 "$DOCKER_RUN_DIR/dockerd.log" >&2
     return 1
   fi
-  echo "docker daemon at $DOCKER_HOST (data in $root/data)" >&2
+  echo "docker daemon at $DOCKER_HOST (storage driver $driver, data in $root/data)" >&2
   make_fixture_images "$root"
 }
 
