@@ -6,7 +6,6 @@ mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -42,7 +41,7 @@ impl Default for SqliteOptions {
 /// The SQLite [`Store`].
 pub struct SqliteStore {
     path: PathBuf,
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: Arc<writer::Writer>,
     write_health: writer::WriteHealth,
     writer: Option<JoinHandle<()>>,
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -153,16 +152,16 @@ impl SqliteStore {
         })?;
         let conn = open_conn(&path, options.durable)?;
         incremental_vacuum(&conn, &path)?;
-        let (tx, rx) = mpsc::channel();
         let write_health = writer::WriteHealth::default();
-        let health = write_health.clone();
+        let jobs = Arc::new(writer::Writer::new(conn, write_health.clone()));
+        let thread = jobs.clone();
         let writer = std::thread::Builder::new()
             .name("flotilla-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, health))?;
+            .spawn(move || thread.run())?;
         Ok(Self {
             write_health,
             path,
-            jobs: Some(tx),
+            jobs,
             writer: Some(writer),
             readers: Arc::new(Mutex::new(Vec::new())),
             options,
@@ -184,11 +183,7 @@ impl SqliteStore {
     }
 
     fn send(&self, job: Job) -> Result<()> {
-        self.jobs
-            .as_ref()
-            .ok_or(StoreError::Closed)?
-            .send(job)
-            .map_err(|_| StoreError::Closed)
+        self.jobs.submit(job)
     }
 
     async fn read<T: Send + 'static>(
@@ -220,9 +215,9 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        // Closing the channel lets the writer finish what is queued; waiting for it makes
-        // every enqueued write durable before the lock is released.
-        self.jobs.take();
+        // Closing lets the writer finish what is queued; waiting for it makes every
+        // enqueued write durable before the lock is released.
+        self.jobs.close();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -239,13 +234,13 @@ impl Store for SqliteStore {
 
     async fn create_run(&self, run: NewRun) -> Result<CreateOutcome> {
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Create(Box::new(run), tx))?;
+        self.jobs.lead(Job::Create(Box::new(run), tx))?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn commit(&self, writes: Vec<Write>) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Commit(writes, Some(tx)))?;
+        self.jobs.lead(Job::Commit(writes, Some(tx)))?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

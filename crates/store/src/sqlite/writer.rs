@@ -1,6 +1,8 @@
 //! The writer thread: owns the write connection and group-commits.
 
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
@@ -78,37 +80,120 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../migrations/sqlite/0007_backups.sql")),
 ];
 
-/// How long the writer polls for more work before it sleeps. A sequential workflow's next
-/// commit arrives within tens of microseconds; catching it without a futex wake-up (which
-/// costs as much as the commit itself on a small VM) is what keeps chains fast.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
-
-fn next_job(rx: &Receiver<Job>) -> Option<Job> {
-    let started = std::time::Instant::now();
-    loop {
-        match rx.try_recv() {
-            Ok(job) => return Some(job),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) if started.elapsed() < SPIN => std::thread::yield_now(),
-            Err(TryRecvError::Empty) => return rx.recv().ok(),
-        }
-    }
+/// The write connection and the jobs waiting for it. The writer thread takes queued jobs
+/// in batches (group commit); while commits come one at a time, a caller that finds nothing
+/// else queued and the connection free commits its own job at once on its own thread
+/// ([`Writer::lead`]): a sequential workflow's commits then cost no thread hand-off and no
+/// wake-up, each of which costs about as much as the commit itself on a small VM. Once
+/// commits arrive together, they go to the writer thread, which batches them.
+pub(crate) struct Writer {
+    queue: Mutex<Queue>,
+    more: Condvar,
+    conn: Mutex<Connection>,
+    health: WriteHealth,
+    /// Jobs in the latest batch committed.
+    last_batch: AtomicUsize,
 }
 
-pub(crate) fn run(mut conn: Connection, rx: Receiver<Job>, health: WriteHealth) {
-    let mut batch = Vec::with_capacity(64);
-    while let Some(first) = next_job(&rx) {
-        batch.push(first);
-        loop {
-            if batch.len() >= MAX_BATCH {
-                break;
-            }
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// The writer thread waits for jobs (and must be woken).
+    idle: bool,
+    closed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Writer {
+    pub(crate) fn new(conn: Connection, health: WriteHealth) -> Self {
+        Self {
+            queue: Mutex::new(Queue::default()),
+            more: Condvar::new(),
+            conn: Mutex::new(conn),
+            health,
+            last_batch: AtomicUsize::new(0),
         }
-        process(&mut conn, &mut batch, &health);
+    }
+
+    /// Queues `job` for the writer thread.
+    pub(crate) fn submit(&self, job: Job) -> Result<()> {
+        self.push(job).map(|_| self.wake())
+    }
+
+    /// Queues `job` and, when it is the only one queued, the latest batch held one job and
+    /// the connection is free, commits it on this thread before returning (its reply is then
+    /// ready); otherwise the writer thread takes it with the others. Meant for callers that
+    /// wait for the reply anyway.
+    pub(crate) fn lead(&self, job: Job) -> Result<()> {
+        if self.push(job)? == 1
+            && self.last_batch.load(Ordering::Relaxed) <= 1
+            && let Ok(mut conn) = self.conn.try_lock()
+        {
+            self.commit(&mut conn, &mut Vec::new());
+            return Ok(());
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues `job`; returns how many are queued with it.
+    fn push(&self, job: Job) -> Result<usize> {
+        let mut q = lock(&self.queue);
+        if q.closed {
+            return Err(StoreError::Closed);
+        }
+        q.jobs.push_back(job);
+        Ok(q.jobs.len())
+    }
+
+    fn wake(&self) {
+        if lock(&self.queue).idle {
+            self.more.notify_one();
+        }
+    }
+
+    /// Moves up to [`MAX_BATCH`] queued jobs into `batch`.
+    fn take(&self, batch: &mut Vec<Job>) {
+        let mut q = lock(&self.queue);
+        let n = q.jobs.len().min(MAX_BATCH);
+        batch.extend(q.jobs.drain(..n));
+    }
+
+    /// The writer thread: commits what is queued, in batches, until closed and drained.
+    pub(crate) fn run(&self) {
+        let mut batch = Vec::with_capacity(64);
+        loop {
+            {
+                let mut q = lock(&self.queue);
+                while q.jobs.is_empty() {
+                    if q.closed {
+                        return;
+                    }
+                    q.idle = true;
+                    q = self.more.wait(q).unwrap_or_else(|e| e.into_inner());
+                    q.idle = false;
+                }
+            }
+            self.commit(&mut lock(&self.conn), &mut batch);
+        }
+    }
+
+    /// Commits what is queued (up to [`MAX_BATCH`] jobs) on `conn`.
+    fn commit(&self, conn: &mut Connection, batch: &mut Vec<Job>) {
+        self.take(batch);
+        if !batch.is_empty() {
+            self.last_batch.store(batch.len(), Ordering::Relaxed);
+            process(conn, batch, &self.health);
+        }
+    }
+
+    /// Refuses new jobs; the writer thread commits those queued, then ends.
+    pub(crate) fn close(&self) {
+        lock(&self.queue).closed = true;
+        self.more.notify_all();
     }
 }
 
