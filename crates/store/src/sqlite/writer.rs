@@ -1,4 +1,5 @@
-//! The writer thread: owns the write connection and group-commits.
+//! The write connection and its group commit: the writer thread, and callers that commit
+//! on their own thread while commits come one at a time.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -120,7 +121,9 @@ impl Writer {
 
     /// Queues `job` for the writer thread.
     pub(crate) fn submit(&self, job: Job) -> Result<()> {
-        self.push(job).map(|_| self.wake())
+        let (_, idle) = self.push(job)?;
+        self.wake(idle);
+        Ok(())
     }
 
     /// Queues `job` and, when it is the only one queued, the latest batch held one job and
@@ -128,29 +131,34 @@ impl Writer {
     /// ready); otherwise the writer thread takes it with the others. Meant for callers that
     /// wait for the reply anyway.
     pub(crate) fn lead(&self, job: Job) -> Result<()> {
-        if self.push(job)? == 1
+        let (queued, idle) = self.push(job)?;
+        if queued == 1
             && self.last_batch.load(Ordering::Relaxed) <= 1
             && let Ok(mut conn) = self.conn.try_lock()
         {
             self.commit(&mut conn, &mut Vec::new());
             return Ok(());
         }
-        self.wake();
+        self.wake(idle);
         Ok(())
     }
 
-    /// Queues `job`; returns how many are queued with it.
-    fn push(&self, job: Job) -> Result<usize> {
+    /// Queues `job`; returns how many are queued with it and whether the writer thread
+    /// waits for work.
+    fn push(&self, job: Job) -> Result<(usize, bool)> {
         let mut q = lock(&self.queue);
         if q.closed {
             return Err(StoreError::Closed);
         }
         q.jobs.push_back(job);
-        Ok(q.jobs.len())
+        Ok((q.jobs.len(), q.idle))
     }
 
-    fn wake(&self) {
-        if lock(&self.queue).idle {
+    /// Wakes the writer thread if it was waiting when the job was queued (it sets `idle`
+    /// under the queue's lock and waits without letting go of it in between, so a job
+    /// queued before it waits is seen, and one queued after finds it idle).
+    fn wake(&self, idle: bool) {
+        if idle {
             self.more.notify_one();
         }
     }
