@@ -96,7 +96,9 @@ async fn apply(pool: &PgPool, batch: Vec<Pending>) {
             }
         }
         Err(e) if batch.len() == 1 => {
-            let _ = batch.into_iter().next().map(|p| p.reply.send(Err(e)));
+            if let Some(p) = batch.into_iter().next() {
+                let _ = p.reply.send(Err(e));
+            }
         }
         Err(e) => {
             tracing::debug!(error = %e, commits = batch.len(), "a merged commit failed; committing each on its own");
