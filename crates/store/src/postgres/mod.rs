@@ -251,6 +251,7 @@ async fn commit_on(pool: &PgPool, writes: &[Write]) -> Result<()> {
 /// carries; nothing is written to a run whose epoch moved on. Returns those runs.
 async fn commit_batch(pool: &PgPool, writes: &[&Write]) -> Result<Vec<String>> {
     use std::collections::HashMap;
+    use std::collections::hash_map::Entry;
     let mut steps: Vec<(&str, &crate::record::StepRecord)> = Vec::new();
     let mut step_at: HashMap<(&str, &str), usize> = HashMap::new();
     let mut runs: Vec<&Write> = Vec::new();
@@ -266,18 +267,16 @@ async fn commit_batch(pool: &PgPool, writes: &[&Write]) -> Result<Vec<String>> {
             }
             Write::Step { run_id, step } => {
                 match step_at.entry((run_id.as_str(), step.step_id.as_str())) {
-                    std::collections::hash_map::Entry::Occupied(i) => {
-                        steps[*i.get()] = (run_id, step)
-                    }
-                    std::collections::hash_map::Entry::Vacant(v) => {
+                    Entry::Occupied(i) => steps[*i.get()] = (run_id, step),
+                    Entry::Vacant(v) => {
                         v.insert(steps.len());
                         steps.push((run_id, step));
                     }
                 }
             }
             Write::Run { run_id, .. } => match run_at.entry(run_id.as_str()) {
-                std::collections::hash_map::Entry::Occupied(i) => runs[*i.get()] = w,
-                std::collections::hash_map::Entry::Vacant(v) => {
+                Entry::Occupied(i) => runs[*i.get()] = w,
+                Entry::Vacant(v) => {
                     v.insert(runs.len());
                     runs.push(w);
                 }
