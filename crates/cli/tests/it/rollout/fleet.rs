@@ -116,12 +116,13 @@ http {{
 }
 
 impl Drop for Nginx {
-    /// `nginx -s stop` (a SIGKILL of the master would leave its workers behind), then the
-    /// master is reaped; killed after 10 s if it has not gone.
+    /// SIGTERM to the master, which stops its workers (a SIGKILL would leave them behind),
+    /// then the master is reaped; killed after 10 s if it has not gone. By pid, not
+    /// `nginx -s stop`: that reads the configuration and pid files, which need not exist
+    /// any more.
     fn drop(&mut self) {
-        let _ = Command::new("nginx")
-            .args(self.args())
-            .args(["-s", "stop"])
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
             .stderr(Stdio::null())
             .status();
         for _ in 0..100 {
@@ -137,11 +138,12 @@ impl Drop for Nginx {
 
 /// Backends behind nginx, Prometheus scraping them, and a rollout file.
 pub(crate) struct Fleet {
-    pub dir: tempfile::TempDir,
     pub stable: Vec<TestApp>,
     pub canary: Vec<TestApp>,
     pub nginx: Nginx,
     pub prometheus: PrometheusServer,
+    /// Last: fields drop in order, and the processes above use files in it until they stop.
+    pub dir: tempfile::TempDir,
 }
 
 pub(crate) fn host(app: &TestApp) -> String {
@@ -178,11 +180,11 @@ impl Fleet {
         let first: Vec<String> = s.iter().map(host).collect();
         let nginx = Nginx::start(dir.path(), &first).await?;
         Some(Fleet {
-            dir,
             stable: s,
             canary: c,
             nginx,
             prometheus,
+            dir,
         })
     }
 
